@@ -1,0 +1,40 @@
+# wsseg_nb: `make run` (the demo chain, headless) and `make test` each set up .venv themselves.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROFILE ?= demo
+RUN_DIR ?= runs/$(PROFILE)
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export PYTHONUNBUFFERED := 1
+
+.PHONY: venv run test unit nbval bench sync notebooks clean
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+run: venv            ## the whole notebook chain, headless (papermill), demo profile by default
+	$(PY) -m wsseg_nb run --profile $(PROFILE) --run-dir $(RUN_DIR)
+
+test: venv           ## unit tests, notebook pairing, then nbval on the committed notebooks
+	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --nbval-lax --nbval-current-env notebooks/
+
+unit: venv
+	$(PY) -m pytest -q tests
+
+bench: venv          ## speed and memory figures quoted in the README
+	$(PY) -m benchmarks.run_all
+
+sync: venv           ## regenerate each .ipynb's code from its .py (outputs kept)
+	$(PY) -m jupytext --sync notebooks/*.py
+
+notebooks: venv      ## run the chain and commit its executed notebooks (outputs) next to the .py sources
+	$(PY) -m wsseg_nb run --profile demo --run-dir runs/demo --export-notebooks
+
+clean:
+	rm -rf runs .pytest_cache

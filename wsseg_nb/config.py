@@ -1,0 +1,106 @@
+"""Profiles: every hyperparameter of the paper in one place, each with the section it comes from."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+def _p(default: Any, source: str) -> Any:
+    """A config field with its provenance (paper section or the reason for a demo deviation)."""
+    return field(default=default, metadata={"source": source})
+
+
+@dataclass(frozen=True)
+class Config:
+    """Resolved settings of one run; `get_config` builds it from a profile and overrides."""
+
+    profile: str = _p("paper", "profile name")
+    # --- data (Sec. 2.1) ---
+    manifest: str = _p("data_manifest.csv", "study table (README: data_manifest.csv)")
+    subset: str = _p("all", "'all' or 'demo' (the manifest's fixed stratified demo subset)")
+    spacing_mm: tuple[float, float, float] = _p((3.0, 2.0, 2.0), "Sec. 2.1.1: 2x2x3 mm, (z, y, x)")
+    slice_size: int = _p(256, "Sec. 2.1.1: in-slice shape 256x256")
+    split_fractions: tuple[float, float, float] = _p((0.6, 0.2, 0.2), "Sec. 2.1.1: 60/20/20 subject split")
+    workers: int = _p(2, "processes for preprocessing and data loading")
+    # --- classifier (Sec. 2.2.1 Architecture, Sec. 2.3.3) ---
+    vgg_width: float = _p(1.0, "Sec. 2.2.1: VGG16 at full width")
+    pretrained: str = _p("auto", "Sec. 2.2.1: ImageNet weights ('auto' falls back to random when offline)")
+    cls_epochs: int = _p(50, "Sec. 2.3.3: 50 epochs")
+    cls_batch: int = _p(64, "Sec. 2.3.3: batch size 64")
+    cls_lr: float = _p(1e-3, "Sec. 2.3.3: SGD learning rate 1e-3")
+    cls_momentum: float = _p(0.9, "Sec. 2.3.3: SGD momentum 0.9")
+    pos_weight: float = _p(7.7, "Sec. 2.3.3: weighted cross entropy, w = 7.7 for the tumor class")
+    augment_engine: str = _p("torch", "Sec. 2.3.3 augmentation; 'imgaug' as the authors, 'torch' batched")
+    # --- CAM and Algorithm 1 (Sec. 2.2.1) ---
+    cam_methods: tuple[str, ...] = _p(("cam", "gradcam", "gradcampp", "scorecam"), "Sec. 2.2.1: the four methods")
+    scorecam_topk: int = _p(0, "ScoreCAM channels kept by variance; 0 = all (exact, as the paper)")
+    cam_batch: int = _p(64, "slices per CAM batch")
+    t_grid: tuple[float, ...] = _p(tuple(float(v) for v in np.linspace(0.1, 0.9, 10).round(6)), "Sec. 2.2.1: t_m in linspace(0.1, 0.9, 10)")
+    q_grid: tuple[float, ...] = _p(tuple(float(v) for v in np.linspace(20, 50, 20).round(6)), "Sec. 2.2.1: q_m in linspace(20, 50, 20)")
+    # --- U-Net baseline (Sec. 2.3.2, 2.3.3) ---
+    unet_width: float = _p(1.0, "Sec. 2.3.2: U-Net 64/128/256/512")
+    unet_epochs: int = _p(200, "Sec. 2.3.3: 200 epochs")
+    unet_batch: int = _p(64, "Sec. 2.3.3: batch size 64")
+    unet_lr: float = _p(5e-5, "Sec. 2.3.3: Adam lr 5e-5, betas (0.9, 0.999)")
+    # --- run ---
+    seed: int = _p(0, "global seed")
+    device: str = _p("auto", "'auto' (CUDA when present), 'cpu' or 'cuda'")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON view of the config."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+DEMO_OVERRIDES: dict[str, Any] = {
+    "profile": "demo",
+    "subset": "demo",
+    "spacing_mm": (6.0, 4.0, 4.0),
+    "slice_size": 128,
+    "vgg_width": 1 / 16,
+    "pretrained": "none",
+    "cls_epochs": 6,
+    "cls_batch": 32,
+    "cls_lr": 1e-2,
+    "cam_batch": 32,
+    "unet_width": 1 / 8,
+    "unet_epochs": 6,
+    "unet_batch": 16,
+    "unet_lr": 1e-3,
+}
+"""Demo profile: smaller cohort, coarser grid, narrower nets, fewer epochs; same code paths (laptop CPU)."""
+
+PROFILES: dict[str, dict[str, Any]] = {"paper": {}, "demo": DEMO_OVERRIDES}
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Convert a string override (CLI / papermill) to the type of the field's default."""
+    if not isinstance(value, str) or isinstance(default, str):
+        return tuple(value) if isinstance(default, tuple) and isinstance(value, list) else value
+    if isinstance(default, bool):
+        return value.lower() in ("1", "true", "yes")
+    if isinstance(default, tuple):
+        items = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        kind = type(default[0]) if default else str
+        return tuple(kind(v.strip()) for v in items)
+    return type(default)(value)
+
+
+def get_config(profile: str = "demo", **overrides: Any) -> Config:
+    """The resolved configuration: a profile plus single-value overrides (unknown keys are an error)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown}; valid keys: {sorted(defaults)}")
+    values = {**PROFILES[profile], **{k: _coerce(k, v, defaults[k]) for k, v in overrides.items()}}
+    return Config(**values)
+
+
+def describe(config: Config) -> list[tuple[str, Any, str]]:
+    """(name, value, source) rows for printing the configuration with its provenance."""
+    return [(f.name, getattr(config, f.name), f.metadata.get("source", "")) for f in dataclasses.fields(config)]
