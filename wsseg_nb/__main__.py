@@ -1,0 +1,132 @@
+"""Command line: `python -m wsseg_nb {run,synth,preprocess,manifest}`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import PROFILES, get_config
+from .runs import resolve_path
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """key=value strings (repeatable -p) to a dict; values are typed by get_config."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: -p expects key=value, got {pair!r}")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="demo", help="settings profile (default demo)")
+    parser.add_argument("--manifest", help="study table (default: the committed synthetic cohort)")
+    parser.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value (repeatable), e.g. -p cls_epochs=2")
+
+
+def _config(args: argparse.Namespace):
+    overrides = parse_overrides(args.params)
+    if args.manifest:
+        overrides["manifest"] = str(Path(args.manifest).resolve())
+    return get_config(args.profile, **overrides), overrides
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Execute the notebook chain headless."""
+    from .chain import ChainError, final_results_table, run_chain
+
+    _, overrides = _config(args)
+    try:
+        timings = run_chain(args.profile, args.run_dir, overrides, only=args.only, export=args.export_notebooks)
+    except ChainError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"chain finished in {sum(timings.values()):.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    table = final_results_table(args.run_dir)
+    if table:
+        print("\nResults (test split, synthetic cohort unless you ran your own manifest):\n" + table)
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Generate the synthetic cohort's missing NIfTI files."""
+    from .manifest import load_manifest
+    from .phantom import generate_cohort
+
+    config, _ = _config(args)
+    studies = load_manifest(resolve_path(config.manifest), subset=config.subset, check_files=False)
+    generate_cohort(studies, workers=args.workers or config.workers)
+    return 0
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    """Resample every study to the profile's grid and write the slice store."""
+    from .manifest import load_manifest
+    from .slices import preprocess_cohort
+
+    config, _ = _config(args)
+    studies = load_manifest(resolve_path(config.manifest), subset=config.subset)
+    store = preprocess_cohort(studies, args.out, spacing_mm=config.spacing_mm, slice_size=config.slice_size,
+                              split_fractions=config.split_fractions, seed=config.seed,
+                              workers=args.workers or config.workers)
+    print(f"slice store at {args.out}: {len(store.index)} slices of {len(store.studies)} studies")
+    return 0
+
+
+def cmd_manifest_autopet(args: argparse.Namespace) -> int:
+    """Write a manifest for an autoPET / FDG-PET-CT-Lesions NIfTI tree."""
+    from .manifest import scan_autopet, write_manifest
+
+    table = scan_autopet(Path(args.root))
+    write_manifest(table, Path(args.out))
+    print(f"wrote {args.out}: {len(table)} studies " + str(table["diagnosis"].value_counts().to_dict()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the CLI."""
+    parser = argparse.ArgumentParser(prog="python -m wsseg_nb", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="execute the numbered notebooks headless with papermill")
+    _common(run)
+    run.add_argument("--run-dir", default=None, help="run directory (default runs/<profile>)")
+    run.add_argument("--only", nargs="*", help="run only notebooks whose names start with these prefixes")
+    run.add_argument("--export-notebooks", action="store_true",
+                     help="write the executed notebooks (cleaned) back to notebooks/*.ipynb")
+    run.set_defaults(func=cmd_run)
+
+    synth = sub.add_parser("synth", help="generate the synthetic cohort's NIfTI files")
+    _common(synth)
+    synth.add_argument("--workers", type=int, default=0, help="processes (default: config workers)")
+    synth.set_defaults(func=cmd_synth)
+
+    pre = sub.add_parser("preprocess", help="SUV, resampling, crop/pad, slice store")
+    _common(pre)
+    pre.add_argument("--out", required=True, help="slice store folder")
+    pre.add_argument("--workers", type=int, default=0, help="processes (default: config workers)")
+    pre.set_defaults(func=cmd_preprocess)
+
+    man = sub.add_parser("manifest", help="write a manifest for real data")
+    man_sub = man.add_subparsers(dest="layout", required=True)
+    autopet = man_sub.add_parser("autopet", help="autoPET / FDG-PET-CT-Lesions NIfTI release")
+    autopet.add_argument("root", help="folder holding PETCT_*/<study>/{CT,CTres,PET,SUV,SEG}.nii.gz")
+    autopet.add_argument("--out", default="autopet_manifest.csv", help="manifest to write")
+    autopet.set_defaults(func=cmd_manifest_autopet)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "run_dir", "unset") is None:
+        args.run_dir = f"runs/{args.profile}"
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
