@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks (`make bench`); figures quoted in the README."""
