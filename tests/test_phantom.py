@@ -1,0 +1,85 @@
+"""Synthetic PET/CT phantom: determinism, grids, physiology, lesion statistics, resumable cohort generation."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from wsseg_nb import manifest, phantom, volume
+
+
+@pytest.fixture(scope="module")
+def row() -> dict:
+    rows = manifest.synthetic_cohort().to_dict("records")
+    return next(r for r in rows if r["diagnosis"] == "lung_cancer")
+
+
+@pytest.fixture(scope="module")
+def study(row) -> dict:
+    return phantom.synthesize(row)
+
+
+def test_same_row_same_bytes_other_seed_differs(row, study):
+    again = phantom.synthesize(row)
+    for key in ("ct", "pet", "seg"):
+        assert study[key].tobytes() == again[key].tobytes()
+    other = phantom.synthesize({**row, "seed": row["seed"] + 1})
+    assert other["ct"].shape != study["ct"].shape or not np.array_equal(other["ct"], study["ct"])
+    assert not np.array_equal(other["pet"][:50], study["pet"][:50])
+
+
+def test_grids_dtypes_and_pet_offset(study):
+    ct, pet, seg = study["ct"], study["pet"], study["seg"]
+    assert (ct.dtype, pet.dtype, seg.dtype) == (np.int16, np.float32, np.uint8)
+    nz = ct.shape[0]
+    assert ct.shape == seg.shape == (nz, 250, 250) and 315 <= nz <= 367
+    assert pet.shape == (nz - 1, 125, 125)
+    assert np.allclose(np.diag(study["ct_affine"]), [2, 2, 3, 1])
+    assert np.allclose(np.diag(study["pet_affine"]), [4, 4, 3, 1])
+    # PET voxel (0, 0, 0) lies midway between CT voxels 0 and 1 on every axis.
+    assert np.allclose(study["pet_affine"][:3, 3] - study["ct_affine"][:3, 3], [1.0, 1.0, 1.5])
+
+
+def test_physiology(row, study):
+    median = phantom.organ_suv(study, row)["median_suv"]
+    assert 5.5 <= median["brain"] <= 10.5
+    assert 1.4 <= median["liver"] <= 2.6
+    assert 0.25 <= median["lung"] <= 0.7
+    assert median["bladder"] >= 8.0 and median["fat"] <= 0.5
+    ct = study["ct"]
+    assert np.median(ct[study["labels"] == phantom.L["lung"]]) < -750
+    assert np.all(ct[study["labels"] == phantom.L["air"]] == -1000)
+    assert study["seg"].sum() > 0
+    assert np.median(ct[study["seg"] > 0]) > 0  # lesions are soft tissue on CT
+
+
+def test_lesion_mask_equals_generated_seg(row, study):
+    seg, affine = phantom.lesion_mask(row)
+    assert np.array_equal(seg, study["seg"]) and np.array_equal(affine, study["ct_affine"])
+    assert not phantom.lesion_mask({**row, "diagnosis": "negative"})[0].any()
+
+
+def test_cohort_statistics_match_masks(row, study):
+    stats = phantom.cohort_statistics(pd.DataFrame([row]), workers=1)
+    per_slice = study["seg"].reshape(study["seg"].shape[0], -1).sum(axis=1)
+    assert stats["tumor_volume_ml"].iloc[0] == pytest.approx(study["seg"].sum() * 2 * 2 * 3 / 1000)
+    assert stats["tumor_slices"].iloc[0] == int((per_slice > 0).sum())
+    assert np.array_equal(stats["tumor_areas_mm2"].iloc[0], per_slice[per_slice > 0] * 4.0)
+    summary = phantom.summarize_statistics(stats)
+    assert summary["tumor_slice_fraction"] == stats["tumor_slices"].iloc[0] / study["seg"].shape[0]
+
+
+def test_generate_cohort_writes_files_and_resumes(tmp_path, row, study):
+    folder = tmp_path / row["study_id"]
+    paths = {f: str(folder / name) for f, name in phantom.STUDY_FILES.items()}
+    df = pd.DataFrame([{**row, **paths}])
+    assert phantom.generate_cohort(df, workers=1) == [row["study_id"]]
+    ct, ct_aff = volume.load_nifti(paths["ct_path"])
+    pet, pet_aff = volume.load_nifti(paths["pet_path"])
+    seg, _ = volume.load_nifti(paths["seg_path"])
+    assert np.array_equal(ct, study["ct"]) and np.array_equal(pet, study["pet"]) and np.array_equal(seg, study["seg"])
+    assert np.allclose(pet_aff, study["pet_affine"]) and np.allclose(ct_aff, study["ct_affine"])
+    assert sorted(p.name for p in folder.iterdir()) == ["CT.nii.gz", "PET.nii.gz", "SEG.nii.gz"]
+    assert phantom.generate_cohort(df, workers=1) == []  # complete studies are skipped
+    with pytest.raises(ValueError, match="pet_path"):
+        phantom.generate_cohort(df.assign(pet_path=str(tmp_path / "x.nii.gz")), workers=1)
