@@ -59,7 +59,6 @@ def _kernel_env() -> None:
     if not os.environ.get("PATH", "").startswith(bin_dir):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 def run_chain(profile: str = "demo", run_dir: str | os.PathLike[str] = "runs/demo",

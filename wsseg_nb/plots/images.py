@@ -1,4 +1,4 @@
-"""Data figures: CT / PET / fusion slices with lesion contours, coronal MIP, cohort bar, Fig. 2 histogram."""
+"""Data figures (store-grid slices, index towards L and P, show in radiological view as they are): CT / PET / fusion slices with lesion contours, coronal MIP, cohort bar, Fig. 2 histogram."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -16,11 +16,6 @@ SUV_MAX = 8.0
 LESION_COLOR = "#00e5ff"
 
 
-def _axial(image: np.ndarray) -> np.ndarray:
-    """A (y, x) slice of a RAS grid in radiological view: anterior up, patient's right on the left."""
-    return np.asarray(image)[::-1, ::-1]
-
-
 def _contour(ax: Axes, mask: np.ndarray | None, color: str = LESION_COLOR) -> None:
     """Outline a binary mask's regions (already oriented for display)."""
     if mask is not None and np.any(mask):
@@ -29,11 +24,11 @@ def _contour(ax: Axes, mask: np.ndarray | None, color: str = LESION_COLOR) -> No
 
 def fusion(ax: Axes, ct: np.ndarray, suv: np.ndarray, mask: np.ndarray | None = None, suv_max: float = SUV_MAX) -> None:
     """PET/CT fusion of one axial slice (CT grey, SUV 'hot' with alpha) with the lesion contour (notebook 01)."""
-    ax.imshow(_axial(ct), cmap="gray", vmin=CT_WINDOW[0], vmax=CT_WINDOW[1], interpolation="nearest")
-    pet = _axial(suv)
+    ax.imshow(np.asarray(ct), cmap="gray", vmin=CT_WINDOW[0], vmax=CT_WINDOW[1], interpolation="nearest")
+    pet = np.asarray(suv)
     ax.imshow(np.ma.masked_less(pet, 0.05 * suv_max), cmap="hot", vmin=0, vmax=suv_max, alpha=0.55,
               interpolation="bilinear")
-    _contour(ax, None if mask is None else _axial(mask))
+    _contour(ax, None if mask is None else np.asarray(mask))
     ax.set_axis_off()
 
 
@@ -41,13 +36,13 @@ def axial_panels(ct: np.ndarray, suv: np.ndarray, mask: np.ndarray | None = None
                  title: str = "") -> Figure:
     """CT, PET (SUV) and fusion of one axial slice, lesion contour on each (notebook 01)."""
     fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.8), dpi=DPI)
-    axes[0].imshow(_axial(ct), cmap="gray", vmin=CT_WINDOW[0], vmax=CT_WINDOW[1])
+    axes[0].imshow(np.asarray(ct), cmap="gray", vmin=CT_WINDOW[0], vmax=CT_WINDOW[1])
     axes[0].set_title(f"CT (HU, window {CT_WINDOW[0]:.0f}..{CT_WINDOW[1]:.0f})")
-    im = axes[1].imshow(_axial(suv), cmap="gray_r", vmin=0, vmax=suv_max)
+    im = axes[1].imshow(np.asarray(suv), cmap="gray_r", vmin=0, vmax=suv_max)
     axes[1].set_title(f"PET (SUV 0..{suv_max:g})")
     fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.02)
     for ax in axes[:2]:
-        _contour(ax, None if mask is None else _axial(mask))
+        _contour(ax, None if mask is None else np.asarray(mask))
         ax.set_axis_off()
     fusion(axes[2], ct, suv, mask, suv_max)
     axes[2].set_title("PET/CT fusion + lesion contour")
@@ -101,6 +96,25 @@ def tumor_area_histogram(areas_mm2: np.ndarray, bins: int = 40) -> Figure:
     ax.set_xlabel("tumour area per tumour slice (cm²)")
     ax.set_ylabel("slices")
     ax.set_title(f"{areas.size} tumour slices")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def resampling_profile(source: np.ndarray, source_affine: np.ndarray, target: np.ndarray,
+                       target_affine: np.ndarray) -> Figure:
+    """A left-right line through the source's hottest voxel, before and after resampling, in world mm (notebook 01)."""
+    z, y, x = np.unravel_index(int(np.argmax(source)), source.shape)
+    hot_world = source_affine @ np.array([x, y, z, 1.0])
+    tz, ty, _ = np.rint((np.linalg.inv(target_affine) @ hot_world)[2::-1]).astype(int)
+    tz, ty = np.clip(tz, 0, target.shape[0] - 1), np.clip(ty, 0, target.shape[1] - 1)
+    fig, ax = plt.subplots(figsize=(6, 2.6), dpi=80)
+    for array, affine, line, label in ((source, source_affine, (z, y), "PET grid"),
+                                       (target, target_affine, (tz, ty), "target grid")):
+        xs = affine[0, 0] * np.arange(array.shape[2]) + affine[0, 3]
+        ax.plot(xs, array[line[0], line[1]], ".-", ms=3, lw=0.8, label=label)
+    ax.set(xlabel="world x (mm)", ylabel="SUV", xlim=(hot_world[0] - 60, hot_world[0] + 60),
+           title="line profile through the hottest voxel")
     ax.legend(frameon=False)
     fig.tight_layout()
     return fig

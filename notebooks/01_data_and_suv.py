@@ -1,0 +1,248 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 — Data, SUV and the slice store
+#
+# **What you will learn.** How a whole-body FDG PET/CT study becomes the 2D slices the rest of the chain
+# works on: the cohort table, body-weight SUV (derived and checked to 12 digits), resampling the coarser
+# PET onto the CT grid, the common 2×2×3 mm grid with 256×256 slices, the weak slice label
+# ("any lesion voxel"), and the subject-level split. This is Sec. 2.1 of Früh et al. 2021.
+#
+# **Data.** Patient data cannot ship with a repository, so the default cohort is synthetic: 453
+# physiological whole-body phantoms described by `data_manifest.csv` and generated bit-for-bit from
+# each row's seed, in the file layout of the public autoPET release. A real cohort runs through the same
+# cells with `--manifest` (README, *Real data*).
+
+# %% tags=["parameters"]
+profile = "demo"          # "demo" (laptop CPU) or "paper" (the paper's settings)
+run_dir = "../runs/demo"  # artifacts of the whole chain
+overrides = {}            # any config value, e.g. {"workers": 1}
+
+# %%
+import numpy as np
+import pandas as pd
+
+from wsseg_nb import manifest, phantom, runs, slices, suv, volume
+from wsseg_nb.config import describe
+from wsseg_nb.plots import images
+
+run = runs.start(profile, run_dir, **overrides)
+cfg = run.config
+print(f"profile {cfg.profile}, device {run.device}, run directory {run.dir}")
+pd.DataFrame(describe(cfg), columns=["setting", "value", "source"]).set_index("setting").loc[
+    ["manifest", "subset", "spacing_mm", "slice_size", "split_fractions", "workers"]]
+
+# %% [markdown]
+# ## 1. The cohort
+#
+# The manifest has one row per study: diagnosis, sex, age, body weight, injected activity, the
+# injection-to-scan delay, the CT / PET / lesion-mask files and the PET's units. Loading validates every
+# row (a bad one is reported with its line, column and value). The synthetic cohort matches the paper's:
+# 453 patients, 50% lung cancer, 18% lymphoma, 32% melanoma, split 60/20/20 by subject, stratified by
+# diagnosis.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+cohort = manifest.load_manifest(run.manifest, check_files=False)
+pd.crosstab(cohort["diagnosis"], cohort["split"], margins=True)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+cohort[["age", "weight_kg", "injected_activity_mbq", "injection_to_scan_s"]].describe().loc[
+    ["mean", "50%", "min", "max"]].round(1)
+
+# %% [markdown]
+# The demo profile uses a fixed stratified subset of the manifest (its `demo` column), so the whole
+# chain runs on a laptop CPU; the paper profile uses all rows.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+studies = manifest.load_manifest(run.manifest, subset=cfg.subset, check_files=False)
+print(f"{len(studies)} studies in this run")
+pd.crosstab(studies["diagnosis"], studies["split"], margins=True)
+
+# %%
+images.cohort_bar(cohort);
+
+# %% [markdown]
+# ## 2. Generating the synthetic studies
+#
+# Each study is written like a scanner export: `CT.nii.gz` in Hounsfield units on a 2×2×3 mm grid,
+# `PET.nii.gz` in Bq/ml on a coarser 4×4×3 mm grid with its own origin, and `SEG.nii.gz`, the lesion
+# mask. The body has head, neck, thorax, abdomen, pelvis and thighs; organs take their FDG uptake from
+# physiological ranges that vary between patients — brain SUV 6–10, myocardium from blood-pool level up
+# to 15, bladder 10–50 — so that a plain SUV threshold is fooled, as on patients. Lesions follow the
+# diagnosis (lung primaries and nodes, lymphoma nodal chains and spleen, small melanoma metastases) with
+# irregular shapes and heterogeneous uptake. The PET is blurred by a 5–7 mm FWHM point-spread function
+# (so small lesions lose much of their peak: the partial-volume effect) and carries correlated noise.
+# Files already present are kept: generation resumes where it stopped.
+
+# %%
+generated = phantom.generate_cohort(studies, workers=cfg.workers)
+print(f"generated {len(generated)} studies, {len(studies) - len(generated)} already on disk")
+
+# %% [markdown]
+# ## 3. One study as the scanner wrote it
+#
+# Volumes are numpy arrays indexed (z, y, x) with a 4×4 affine mapping the voxel index to world
+# millimetres; NIfTI orientation is dealt with once, on load. CT and PET live on different grids:
+
+# %%
+example = studies[(studies["diagnosis"] == "lung_cancer")].iloc[0]
+ct, ct_affine = volume.load_nifti(example["ct_path"], example["study_id"], "ct_path")
+pet_bqml, pet_affine = volume.load_nifti(example["pet_path"], example["study_id"], "pet_path")
+for name, array, affine in (("CT", ct, ct_affine), ("PET", pet_bqml, pet_affine)):
+    spacing = np.abs(np.diag(affine)[:3])[::-1]
+    print(f"{name}: shape (z, y, x) {array.shape}, spacing {spacing} mm, origin {affine[:3, 3].round(1)} mm")
+
+# %% [markdown]
+# ## 4. Body-weight SUV
+#
+# A PET voxel measures an activity concentration $C$ in Bq/ml. The standardized uptake value divides it
+# by the activity the patient would show if the tracer were spread evenly through the body:
+#
+# $$\mathrm{SUV} = \frac{C\,[\mathrm{Bq/ml}]}{A_\mathrm{inj}\,[\mathrm{Bq}]\;2^{-\Delta t / T_{1/2}}\;/\;W\,[\mathrm{g}]}$$
+#
+# with the injected activity $A_\mathrm{inj}$ decayed over the injection-to-scan delay $\Delta t$
+# ($T_{1/2}$ of F-18 is 6586.2 s) and the body weight $W$ (1 g of tissue ≈ 1 ml, so SUV is unitless).
+# An SUV of 1 everywhere means perfectly uniform uptake. A reference case worked by hand: 67 kg,
+# 374 MBq injected at 08:30:45, scan at 10:48:29.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+delay = suv.seconds_between("08:30:45", "10:48:29")
+factor = suv.suv_factor(67, 374, delay)
+by_hand = 67_000 / (374e6 * 2 ** (-delay / 6586.2))
+assert abs(factor / by_hand - 1) < 1e-12 and abs(factor / 4.2748316187197236e-4 - 1) < 1e-12
+print(f"delay {delay:.0f} s, decay factor {2 ** (-delay / 6586.2):.4f}, SUV = {factor:.10e} x C[Bq/ml]")
+
+# %%
+pet_suv = suv.to_suv(pet_bqml, example["pet_units"], example["weight_kg"], example["injected_activity_mbq"],
+                     example["injection_to_scan_s"], example["study_id"])
+print(f"SUV: median {np.median(pet_suv[pet_suv > 0.1]):.2f} in the body, max {pet_suv.max():.1f}")
+
+# %% [markdown]
+# The physiology the phantom was given, read back from its PET in SUV: the brain, the myocardium (in
+# some patients) and the urinary tract are as hot as many lesions — the reason a plain SUV threshold
+# fails and a learned classifier is needed.
+
+# %%
+phantom.organ_suv(phantom.synthesize(example), example).round(2)
+
+# %% [markdown]
+# ## 5. Resampling PET onto the CT grid, then onto the common grid
+#
+# The paper resamples the SUV image to the CT's resolution by linear interpolation, then works on
+# 2×2×3 mm voxels and 256×256 slices. We build one axis-aligned target grid from the CT's field of
+# view at the profile's spacing, and sample every volume on it: for each target voxel, its world
+# position is mapped through the inverse affine of the source, and the source is interpolated there
+# (linear for CT and SUV, nearest neighbour for the mask, so it stays binary). The slices are then
+# cropped or padded to a fixed square around the body.
+
+# %%
+shape, grid_affine = volume.target_grid(ct.shape, ct_affine, cfg.spacing_mm)
+suv_on_grid = volume.resample(pet_suv, pet_affine, shape, grid_affine, order=1)
+ct_on_grid = volume.resample(ct, ct_affine, shape, grid_affine, order=1, cval=-1024)
+print(f"target grid {shape} at {cfg.spacing_mm} mm; SUV max {pet_suv.max():.2f} -> {suv_on_grid.max():.2f}")
+images.resampling_profile(pet_suv, pet_affine, suv_on_grid, grid_affine);
+
+# %% [markdown]
+# ## 6. The slice store
+#
+# Training streams 2D slices, so preprocessing writes each study once as memory-mapped arrays (SUV
+# float32, CT int16, mask uint8, each (z, S, S)) plus one index table of every slice with its weak label.
+# Studies run in parallel processes; each is written to a temporary folder and renamed when complete,
+# so an interrupted run resumes without half-written studies.
+
+# %%
+store = slices.preprocess_cohort(studies, run.store, cfg.spacing_mm, cfg.slice_size, cfg.split_fractions,
+                                 cfg.seed, cfg.workers)
+print(f"{len(store.index)} slices of {len(store.studies)} studies, {cfg.slice_size}x{cfg.slice_size} at "
+      f"{cfg.spacing_mm} mm")
+
+# %%
+stored = store.study(example["study_id"])
+z = int(np.argmax(stored.mask.sum(axis=(1, 2))))
+images.axial_panels(stored.ct[z], stored.suv[z], stored.mask[z], title=f"{example['study_id']}, slice {z}");
+
+# %%
+images.coronal_mip(stored.suv, stored.mask, spacing_mm=cfg.spacing_mm);
+
+# %% [markdown]
+# ## 7. Weak labels and the statistics of Sec. 2.1.2
+#
+# A slice is labelled "tumor" when any voxel of the lesion mask lies in it — the only supervision the
+# classifier will see. The paper reports that 13.5–14% of slices contain tumor, a median tumor volume
+# of 46.5 ml (IQR 158.4 ml), and a right-skewed distribution of the tumor area per slice (Fig. 2).
+
+# %%
+index = store.index
+voxel_ml = float(np.prod(cfg.spacing_mm)) / 1000
+volumes = index.groupby("study_id")["lesion_voxels"].sum() * voxel_ml
+with_tumor = volumes[volumes > 0]
+q1, q3 = with_tumor.quantile([0.25, 0.75])
+pd.DataFrame({
+    "this run": [f"{index['label'].mean():.1%}", f"{with_tumor.median():.1f}", f"{q3 - q1:.1f}"],
+    "paper": ["13.5-14%", "46.5", "158.4"],
+}, index=["tumor slices", "median tumor volume (ml)", "IQR (ml)"])
+
+# %%
+images.tumor_area_histogram(index.loc[index["label"] == 1, "lesion_area_mm2"]);
+
+# %% [markdown]
+# ## 8. The subject-level split
+#
+# All slices of one patient go to the same split; otherwise neighbouring, nearly identical slices of one
+# patient would sit in training and test at once and the test score would be optimistic.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+per_study = index.groupby("study_id")["split"].nunique()
+assert (per_study == 1).all(), "a study spans two splits"
+index.groupby("split").agg(studies=("study_id", "nunique"), slices=("slice", "size"),
+                           tumor_slices=("label", "sum"))
+
+# %% [markdown]
+# ## Summary
+#
+# Written to the run directory: `store/index.csv` (one row per slice: study, slice, label, lesion area,
+# split, diagnosis) and `store/<study>/{suv,ct,mask}.npy` + `meta.json` (spacing and affine of the grid,
+# so predicted masks can be written back as NIfTI over the CT). The next notebook trains the slice
+# classifier on these labels.
+#
+# ## Exercises
+#
+# 1. A patient of 80 kg receives 300 MBq; the scan starts 75 min later. What SUV does a voxel of
+#    10 kBq/ml have?
+#
+# <details><summary>Solution</summary>
+#
+# `suv.suv_factor(80, 300, 75 * 60) * 10_000` ≈ 4.28: the activity decayed to 300 MBq × 2^(−4500/6586.2)
+# ≈ 187 MBq, spread over 80,000 g gives 2.34 kBq/g, and 10 / 2.34 ≈ 4.28.
+# </details>
+#
+# 2. Why is the mask resampled with nearest neighbour but the SUV with linear interpolation?
+#
+# <details><summary>Solution</summary>
+#
+# Linear interpolation of a 0/1 mask produces fractions at the border (not a mask any more); thresholding
+# them would shift the border. Nearest neighbour keeps it binary. The SUV is a continuous quantity, and
+# linear interpolation preserves a linear ramp exactly (the tests check this).
+# </details>
+#
+# 3. How would the tumor-slice fraction change with 6 mm instead of 3 mm slices?
+#
+# <details><summary>Solution</summary>
+#
+# Each lesion covers fewer slices but the body does too, so the fraction changes little for large lesions;
+# a lesion smaller than a slice still marks a whole slice, so coarse slices raise the fraction slightly.
+# Compare `store.index["label"].mean()` of a demo and a paper run.
+# </details>
