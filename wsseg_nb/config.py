@@ -31,6 +31,7 @@ class Config:
     pretrained: str = _p("auto", "Sec. 2.2.1: ImageNet weights ('auto' falls back to random when offline)")
     cls_epochs: int = _p(50, "Sec. 2.3.3: 50 epochs")
     cls_batch: int = _p(64, "Sec. 2.3.3: batch size 64")
+    cls_optimizer: str = _p("sgd", "Sec. 2.3.3: SGD with momentum ('adam' in the demo: from scratch, few epochs)")
     cls_lr: float = _p(1e-3, "Sec. 2.3.3: SGD learning rate 1e-3")
     cls_momentum: float = _p(0.9, "Sec. 2.3.3: SGD momentum 0.9")
     pos_weight: float = _p(7.7, "Sec. 2.3.3: weighted cross entropy, w = 7.7 for the tumor class")

@@ -1,0 +1,126 @@
+"""VGG16-CAM and U-Net: shapes, the 2-channel first-conv rule, ImageNet weight handling (never downloads), scaling."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torchvision.models import VGG16_Weights
+
+from wsseg_nb import models
+from wsseg_nb.models import UNet, VGG16CAM, imagenet_features_state, init_first_conv_from_rgb
+
+
+def _convs(module: torch.nn.Module) -> list[torch.nn.Conv2d]:
+    return [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def test_full_width_feature_map_is_512x32x32_on_256_input() -> None:
+    model = VGG16CAM(width=1.0, pretrained="none").eval()
+    x = torch.zeros(1, 2, 256, 256)
+    with torch.no_grad():
+        a = model.features(model.scale(x))
+        logit = model(x)
+    assert a.shape == (1, 512, 32, 32)
+    assert logit.shape == (1,)
+    assert isinstance(model.features[-1], torch.nn.ReLU)  # ends with the ReLU of conv5_3
+    # the first max-pool (after conv1_2) is gone: pools follow conv2_2, conv3_3, conv4_3 (indices 8, 15, 22)
+    assert [i for i, m in enumerate(model.features) if isinstance(m, torch.nn.MaxPool2d)] == [8, 15, 22]
+    assert len(_convs(model.features)) == 13 and _convs(model.features)[0].in_channels == 2
+    assert isinstance(model.pool, torch.nn.AdaptiveAvgPool2d)
+    assert (model.fc.in_features, model.fc.out_features) == (512, 1)
+    # torchvision VGG16 convs: 14,714,688 params; 2 input channels drop 64*1*9 = 576; FC 512 + 1
+    assert sum(p.numel() for p in model.parameters()) == 14_714_688 - 576 + 513
+
+
+def test_width_multiplier_and_forward_composition() -> None:
+    model = VGG16CAM(width=1 / 16).eval()
+    assert [c.out_channels for c in _convs(model.features)] == [4, 4, 8, 8, 16, 16, 16, 32, 32, 32, 32, 32, 32]
+    x = torch.rand(3, 2, 64, 64) * torch.tensor([10.0, 1000.0]).view(1, 2, 1, 1)
+    with torch.no_grad():
+        a = model.features(model.scale(x))
+        assert a.shape == (3, 32, 8, 8)
+        expected = model.fc(a.mean(dim=(2, 3))).squeeze(1)
+        torch.testing.assert_close(model(x), expected)
+
+
+def test_input_scaling_maps_raw_zero_to_zero_and_clips() -> None:
+    x = torch.tensor([[0.0, 2.5, 25.0, -1.0], [0.0, 500.0, -2000.0, 3000.0]]).view(1, 2, 1, 4)
+    out = models.InputScale()(x)
+    torch.testing.assert_close(out[0, 0, 0], torch.tensor([0.0, 0.5, 4.0, 0.0]))
+    torch.testing.assert_close(out[0, 1, 0], torch.tensor([0.0, 0.5, -1.0, 1.0]))
+
+
+def test_first_conv_from_rgb_is_scaled_channel_mean() -> None:
+    weight = torch.zeros(2, 3, 1, 1)
+    weight[0, :, 0, 0] = torch.tensor([1.0, 2.0, 3.0])
+    weight[1, :, 0, 0] = torch.tensor([-3.0, 0.0, 6.0])
+    bias = torch.tensor([0.5, -0.5])
+    w2, b2 = init_first_conv_from_rgb(weight, bias)
+    # mean(1, 2, 3) * 3/2 = 3; mean(-3, 0, 6) * 3/2 = 1.5
+    assert torch.equal(w2[:, :, 0, 0], torch.tensor([[3.0, 3.0], [1.5, 1.5]]))
+    assert torch.equal(b2, bias)
+    # the same value c in both input channels gives the same response as c in all three RGB channels
+    w = torch.randn(8, 3, 3, 3)
+    w2, _ = init_first_conv_from_rgb(w, torch.zeros(8))
+    torch.testing.assert_close(w2.sum(dim=1), w.sum(dim=1))
+    with pytest.raises(ValueError, match="expected shape"):
+        init_first_conv_from_rgb(torch.zeros(8, 2, 3, 3), torch.zeros(8))
+
+
+def test_imagenet_state_dict_maps_onto_features() -> None:
+    torch.manual_seed(0)
+    reference = torchvision.models.vgg16(weights=None).state_dict()
+    model = VGG16CAM()
+    model.features.load_state_dict(imagenet_features_state(reference))
+    ours = _convs(model.features)
+    assert torch.equal(ours[0].weight, init_first_conv_from_rgb(reference["features.0.weight"], reference["features.0.bias"])[0])
+    assert torch.equal(ours[1].weight, reference["features.2.weight"])
+    assert torch.equal(ours[-1].weight, reference["features.28.weight"])
+    assert torch.equal(ours[-1].bias, reference["features.28.bias"])
+
+
+def test_pretrained_true_offline_names_the_weights_path(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(type(VGG16_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    target = tmp_path / "checkpoints" / "vgg16-397923af.pth"
+    with pytest.raises(RuntimeError, match=str(target)):
+        VGG16CAM(pretrained="true")
+    with pytest.warns(UserWarning, match="training from scratch"):
+        assert not VGG16CAM(pretrained="auto").pretrained
+    with pytest.raises(ValueError, match="full width"):
+        VGG16CAM(width=0.5, pretrained="true")
+    with pytest.raises(ValueError, match="pretrained must be"):
+        VGG16CAM(pretrained="yes")
+
+
+def test_pretrained_true_loads_the_cached_file(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    target = tmp_path / "checkpoints" / "vgg16-397923af.pth"
+    target.parent.mkdir()
+    reference = {k: v for k, v in torchvision.models.vgg16(weights=None).state_dict().items()}
+    torch.save(reference, target)
+    model = VGG16CAM(pretrained="true")
+    assert model.pretrained
+    assert torch.equal(_convs(model.features)[-1].weight, reference["features.28.weight"])
+
+
+@pytest.mark.parametrize("size", [(8, 8), (32, 48), (64, 24)])
+def test_unet_output_matches_input_size(size: tuple[int, int]) -> None:
+    net = UNet(width=1 / 16).eval()
+    with torch.no_grad():
+        assert net(torch.zeros(2, 2, *size)).shape == (2, 1, *size)
+
+
+def test_unet_structure_and_bad_sizes() -> None:
+    net = UNet()
+    assert [b[0].out_channels for b in net.down] == [64, 128, 256, 512]
+    assert [b[0].out_channels for b in net.up] == [256, 128, 64]
+    assert net.up[0][0].in_channels == 512 + 256  # bilinear upsampling + skip
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d, torch.nn.GroupNorm)) for m in net.modules())
+    assert (net.out.kernel_size, net.out.out_channels) == ((1, 1), 1)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        UNet(width=1 / 16)(torch.zeros(1, 2, 36, 32))

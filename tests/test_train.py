@@ -1,0 +1,156 @@
+"""The training loop: weighted CE by hand, metrics, exact resume, learning toy sets, predictions and mask files."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from wsseg_nb import train
+from wsseg_nb.models import UNet, VGG16CAM
+
+SIZE = 32
+
+
+def _toy(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw [SUV, HU] slices of a round body; every other slice has a hot 7x7 lesion (its mask) at a random place."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    body = (yy - SIZE / 2) ** 2 + (xx - SIZE / 2) ** 2 < (0.45 * SIZE) ** 2
+    x = np.zeros((n, 2, SIZE, SIZE), np.float32)
+    x[:, 0] = body * rng.uniform(0.8, 1.6, (n, SIZE, SIZE))
+    x[:, 1] = np.where(body, 40.0, -1000.0)
+    mask = np.zeros((n, SIZE, SIZE), np.uint8)
+    for i in range(0, n, 2):
+        r, c = rng.integers(8, SIZE - 15, 2)
+        mask[i, r:r + 7, c:c + 7] = 1
+    x[:, 0][mask.astype(bool)] = 8.0
+    return x, mask.reshape(n, -1).any(1).astype(np.float32), mask
+
+
+class ToySlices(Dataset):
+    """The SliceDataset item contract: (x float32 (2, S, S) raw, label float32 scalar, mask uint8 (S, S))."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.x, self.label, self.mask = (torch.from_numpy(a) for a in _toy(n, seed))
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.x[i], self.label[i], self.mask[i]
+
+
+class ToyStore:
+    """The SliceStore contract used by the predictions: .index and .read(positions)."""
+
+    def __init__(self) -> None:
+        self.x, self.label, self.mask = _toy(12, 5)
+        self.index = pd.DataFrame({"study_id": ["A"] * 4 + ["B"] * 4 + ["C"] * 4, "slice": list(range(4)) * 3,
+                                   "label": self.label.astype(int), "split": ["train"] * 4 + ["val"] * 4 + ["test"] * 4})
+
+    def volume_grid(self, study_id: str) -> dict[str, tuple[int, ...]]:
+        return {"shape": (4, SIZE, SIZE)}
+
+    def read(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.x[positions], self.mask[positions]
+
+
+def test_weighted_ce_by_hand() -> None:
+    logits, target = torch.tensor([0.0, 2.0, -1.0]), torch.tensor([1.0, 0.0, 1.0])
+    ce = [math.log(2.0), math.log(1 + math.e ** 2), math.log(1 + math.e)]
+    expected = (7.7 * ce[0] + 1.0 * ce[1] + 7.7 * ce[2]) / (7.7 + 1.0 + 7.7)  # weighted mean: Σ w·CE / Σ w
+    assert train.weighted_ce(logits, target, 7.7).item() == pytest.approx(expected, rel=1e-6)
+    assert expected == pytest.approx(1.07172, abs=1e-5)  # (7.7·0.693147 + 2.126928 + 7.7·1.313262) / 16.4
+    two_class = torch.stack([torch.zeros_like(logits), logits], 1)
+    reference = torch.nn.CrossEntropyLoss(weight=torch.tensor([1.0, 7.7]))(two_class, target.long())
+    torch.testing.assert_close(train.weighted_ce(logits, target, 7.7), reference)
+    # per pixel for the U-Net: the same reduction over every pixel of the batch
+    pix = torch.tensor([[[[0.0, 2.0], [-1.0, 0.0]]]])
+    pix_target = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
+    expected_pix = (7.7 * ce[0] + ce[1] + 7.7 * ce[2] + math.log(2.0)) / (2 * 7.7 + 2)
+    assert train.weighted_ce(pix, pix_target, 7.7).item() == pytest.approx(expected_pix, rel=1e-6)
+
+
+def test_classifier_metrics_by_hand() -> None:
+    labels = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+    probs = np.array([0.9, 0.6, 0.3, 0.7, 0.2, 0.1, 0.4, 0.05])
+    m = train.classifier_metrics(labels, probs)
+    assert m["sensitivity"] == pytest.approx(2 / 3) and m["specificity"] == pytest.approx(4 / 5)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 4 / 5) / 2)
+    assert m["auc"] == pytest.approx(12 / 15)  # positive-negative pairs ranked right: 5 + 4 + 3 of 15
+    assert math.isnan(train.classifier_metrics(np.zeros(3), np.array([0.1, 0.6, 0.2]))["auc"])
+
+
+def _fit(out: Path, epochs: int, lr: float = 0.05, workers: int = 0, n_train: int = 16,
+         adam: bool = False) -> tuple[VGG16CAM, pd.DataFrame]:
+    torch.manual_seed(0)
+    model = VGG16CAM(width=1 / 16)
+    opt = torch.optim.Adam(model.parameters(), lr=lr) if adam else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    hist = train.fit(model, opt, ToySlices(n_train, 1), ToySlices(16, 2), kind="classifier", out_dir=out, epochs=epochs,
+                     batch=8 if adam else 4, pos_weight=7.7, seed=3, device=torch.device("cpu"), workers=workers,
+                     hparams={"lr": lr})
+    return model, hist
+
+
+def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    _fit(tmp_path / "a", 2, workers=1)  # a worker process: persistent workers across epochs
+    resumed, hist_a = _fit(tmp_path / "a", 4, workers=1)
+    straight, hist_b = _fit(tmp_path / "b", 4, workers=1)
+    for (name, p), q in zip(resumed.state_dict().items(), straight.state_dict().values()):
+        assert torch.equal(p, q), name
+    cols = ["epoch", "train_loss", "val_loss", "val_auc"]
+    pd.testing.assert_frame_equal(hist_a[cols], hist_b[cols])
+    saved = pd.read_csv(tmp_path / "a" / "history.csv")
+    assert saved["epoch"].tolist() == [1, 2, 3, 4]
+    best = torch.load(tmp_path / "a" / "best.pt", weights_only=False)
+    assert best["metrics"]["val_auc"] == hist_a["val_auc"].max()
+    assert not list((tmp_path / "a").glob("*.tmp"))
+    with pytest.raises(ValueError, match=r"differ in \['lr'\]"):
+        _fit(tmp_path / "a", 5, lr=0.01)
+
+
+def test_classifier_learns_a_separable_toy_set(tmp_path: Path) -> None:
+    _, hist = _fit(tmp_path, 8, lr=2e-3, workers=2, n_train=64, adam=True)  # through worker processes
+    assert hist["val_auc"].iloc[-1] > 0.95
+    assert hist["train_loss"].iloc[-1] < 0.5 * hist["train_loss"].iloc[0]
+    assert hist["val_loss"].iloc[-1] < 0.5 * hist["val_loss"].iloc[0]
+
+
+def test_unet_overfits_a_tiny_batch() -> None:
+    torch.manual_seed(0)
+    x, _, mask = (torch.from_numpy(a) for a in _toy(4, 7))
+    net = UNet(width=1 / 8)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(120):
+        loss = train.weighted_ce(net(x), mask[:, None].float(), 7.7)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0]
+
+
+def test_predictions_and_unet_mask_files(tmp_path: Path) -> None:
+    store = ToyStore()
+    torch.manual_seed(0)
+    model = VGG16CAM(width=1 / 16).eval()
+    pred = train.predict_classifier(model, store, ("val", "test"), batch=3)
+    assert pred.columns.tolist() == ["study_id", "slice", "split", "label", "prob"]
+    assert pred["study_id"].tolist() == ["B"] * 4 + ["C"] * 4
+    with torch.no_grad():
+        expected = torch.sigmoid(model(torch.from_numpy(store.x[4:]))).numpy()
+    np.testing.assert_allclose(pred["prob"], expected, rtol=1e-5)
+    unet = UNet(width=1 / 16).eval()
+    studies = train.predict_unet_masks(unet, store, tmp_path, ("val", "test"), batch=3)
+    assert studies == ["B", "C"]
+    with torch.no_grad():
+        expected_mask = (unet(torch.from_numpy(store.x[8:]))[:, 0] >= 0).numpy()
+    with np.load(tmp_path / "masks" / "unet" / "C.npz") as f:
+        assert f["mask"].dtype == bool and f["mask"].shape == (4, SIZE, SIZE)
+        assert np.array_equal(f["mask"], expected_mask)

@@ -1,0 +1,151 @@
+"""The slice classifier (VGG16 with GAP + one FC, so that classic CAM applies) and the supervised U-Net baseline."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+SUV_CLIP = 20.0
+"""Raw SUV above this value is clipped before scaling (bladder and brain may exceed it; lesions mostly do not)."""
+SUV_DIV = 5.0
+HU_CLIP = (-1000.0, 1000.0)
+HU_DIV = 1000.0
+VGG16_CONVS = (64, 64, 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+"""torchvision's VGG16 "D" layout with the first max-pool and the pool after conv5_3 removed: 3 pools, stride 8."""
+
+
+def vgg16_weights_path() -> Path:
+    """Where torchvision's ImageNet VGG16 checkpoint is (or must be put): <torch hub dir>/checkpoints/<file>."""
+    from torchvision.models import VGG16_Weights
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(VGG16_Weights.IMAGENET1K_V1.url).name
+
+
+class InputScale(nn.Module):
+    """Raw [SUV, HU] -> network input: SUV clipped to [0, 20] / 5 -> [0, 4]; HU clipped to [-1000, 1000] / 1000 -> [-1, 1]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        suv = x[:, :1].clamp(0.0, SUV_CLIP) / SUV_DIV
+        hu = x[:, 1:2].clamp(*HU_CLIP) / HU_DIV
+        return torch.cat([suv, hu], dim=1)
+
+
+def _width(channels: int, width: float) -> int:
+    """Channels scaled by the width multiplier (at least 4)."""
+    return max(4, round(channels * width))
+
+
+def init_first_conv_from_rgb(weight: torch.Tensor, bias: torch.Tensor, in_channels: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """First-conv weights for `in_channels` inputs from RGB ones: every channel = mean over R, G, B times 3 / in_channels."""
+    if weight.ndim != 4 or weight.shape[1] != 3:
+        raise ValueError(f"first conv weight: expected shape (out, 3, k, k), got {tuple(weight.shape)}")
+    mean = weight.mean(dim=1, keepdim=True) * (3.0 / in_channels)
+    return mean.repeat(1, in_channels, 1, 1).clone(), bias.clone()
+
+
+def imagenet_features_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision VGG16 state dict -> `VGG16CAM.features` state dict (indices remapped, first conv made 2-channel)."""
+    convs = sorted({int(k.split(".")[1]) for k in state_dict if k.startswith("features.")})
+    if len(convs) != 13:
+        raise ValueError(f"VGG16 state dict: expected 13 conv layers under 'features.', found {len(convs)}")
+    ours = [i for i, layer in enumerate(_vgg_layers(1.0, 2)) if isinstance(layer, nn.Conv2d)]
+    out: dict[str, torch.Tensor] = {}
+    for src, dst in zip(convs, ours):
+        w, b = state_dict[f"features.{src}.weight"], state_dict[f"features.{src}.bias"]
+        if src == convs[0]:
+            w, b = init_first_conv_from_rgb(w, b)
+        out[f"{dst}.weight"], out[f"{dst}.bias"] = w, b
+    return out
+
+
+def _load_imagenet_state(required: bool) -> dict[str, torch.Tensor] | None:
+    """The ImageNet VGG16 state dict from the torch hub cache (downloaded there if possible); None if unavailable."""
+    from torchvision.models import VGG16_Weights
+
+    path = vgg16_weights_path()
+    try:
+        if path.exists():
+            return torch.load(path, map_location="cpu", weights_only=True)
+        return VGG16_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+    except Exception as err:  # offline, corrupt file, hash mismatch: all mean "no weights"
+        message = (f"ImageNet VGG16 weights unavailable ({type(err).__name__}: {err}); put "
+                   f"{VGG16_Weights.IMAGENET1K_V1.url} at {path}")
+        if required:
+            raise RuntimeError(message) from err
+        warnings.warn(message + "; training from scratch (pretrained='auto')", stacklevel=3)
+        return None
+
+
+def _vgg_layers(width: float, in_channels: int) -> list[nn.Module]:
+    """The VGG16 conv stack (ReLU after every conv, stride 8) at a given width, with torchvision's VGG init."""
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for item in VGG16_CONVS:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            conv = nn.Conv2d(channels, _width(int(item), width), 3, padding=1)
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # torchvision.models.VGG
+            nn.init.zeros_(conv.bias)
+            layers += [conv, nn.ReLU(inplace=True)]
+            channels = conv.out_channels
+    return layers
+
+
+class VGG16CAM(nn.Module):
+    """VGG16 without the first and last max-pool (S -> S/8 feature map), GAP and one FC to a tumor logit (notebook 02)."""
+
+    def __init__(self, width: float = 1.0, pretrained: str = "none") -> None:
+        super().__init__()
+        if pretrained not in ("none", "auto", "true"):
+            raise ValueError(f"pretrained must be 'none', 'auto' or 'true', got {pretrained!r}")
+        if pretrained == "true" and width != 1.0:
+            raise ValueError(f"pretrained='true' needs vgg_width 1.0 (ImageNet weights are full width), got {width}")
+        self.scale = InputScale()
+        self.features = nn.Sequential(*_vgg_layers(width, 2))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(_width(512, width), 1)
+        self.pretrained = False
+        if pretrained != "none" and width == 1.0:
+            state = _load_imagenet_state(required=pretrained == "true")
+            if state is not None:
+                self.features.load_state_dict(imagenet_features_state(state))
+                self.pretrained = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw (B, 2, S, S) [SUV, HU] -> tumor logit (B,)."""
+        return self.fc(self.pool(self.features(self.scale(x))).flatten(1)).squeeze(1)
+
+
+def _double_conv(cin: int, cout: int) -> nn.Sequential:
+    """Two 3x3 conv + ReLU (no normalisation, as the authors' U-Net)."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(inplace=True))
+
+
+class UNet(nn.Module):
+    """The authors' U-Net: double convs 64/128/256/512, three max-pools, bilinear upsampling + skips, 1x1 output (notebook 05)."""
+
+    def __init__(self, width: float = 1.0) -> None:
+        super().__init__()
+        c1, c2, c3, c4 = (_width(c, width) for c in (64, 128, 256, 512))
+        self.scale = InputScale()
+        self.down = nn.ModuleList([_double_conv(2, c1), _double_conv(c1, c2), _double_conv(c2, c3), _double_conv(c3, c4)])
+        self.up = nn.ModuleList([_double_conv(c4 + c3, c3), _double_conv(c3 + c2, c2), _double_conv(c2 + c1, c1)])
+        self.out = nn.Conv2d(c1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw (B, 2, H, W) [SUV, HU] with H, W divisible by 8 -> lesion logits (B, 1, H, W)."""
+        if x.shape[-2] % 8 or x.shape[-1] % 8:
+            raise ValueError(f"UNet input: height and width must be divisible by 8, got {tuple(x.shape[-2:])}")
+        h = self.scale(x)
+        skips = []
+        for i, block in enumerate(self.down):
+            h = block(F.max_pool2d(h, 2) if i else h)
+            skips.append(h)
+        for block, skip in zip(self.up, reversed(skips[:-1])):
+            h = block(torch.cat([F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False), skip], 1))
+        return self.out(h)
