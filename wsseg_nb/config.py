@@ -63,16 +63,20 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "slice_size": 128,
     "vgg_width": 1 / 16,
     "pretrained": "none",
-    "cls_epochs": 6,
+    "cls_optimizer": "adam",
+    "cls_epochs": 10,
     "cls_batch": 32,
-    "cls_lr": 1e-2,
+    "cls_lr": 1e-3,
     "cam_batch": 32,
     "unet_width": 1 / 8,
     "unet_epochs": 6,
     "unet_batch": 16,
     "unet_lr": 1e-3,
 }
-"""Demo profile: smaller cohort, coarser grid, narrower nets, fewer epochs; same code paths (laptop CPU)."""
+"""Demo profile: smaller cohort, coarser grid, narrower nets, fewer epochs; same code paths (laptop CPU).
+
+Trained from scratch for a few epochs, SGD at 1e-2..2e-2 stays on the loss plateau (val AUC 0.5-0.68 after
+7 epochs); Adam 1e-3 reaches val AUC 0.86 in 6 epochs (2 min on 2 cores), hence cls_optimizer "adam" here."""
 
 PROFILES: dict[str, dict[str, Any]] = {"paper": {}, "demo": DEMO_OVERRIDES}
 
