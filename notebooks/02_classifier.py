@@ -1,0 +1,253 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 — The slice classifier: VGG16 with global average pooling
+#
+# **What you will learn.** How the paper's weak supervision works: a network sees only "this slice contains a
+# tumor / does not", never a lesion outline. You will build the classifier (a VGG16 whose final feature map
+# keeps 1/8 of the slice resolution, followed by global average pooling and a single linear layer, the
+# architecture classic CAM needs), see how raw SUV and HU become network inputs, apply the authors'
+# augmentation to an image *and* its mask, derive the weighted cross entropy, train, and evaluate the
+# classifier on the validation slices (ROC, confusion matrix, example slices).
+#
+# **Where in the paper.** Sec. 2.2.1 *Architecture* and Sec. 2.3.3 *Training*. Input: the slice store of
+# notebook 01. Output: `classifier/{best.pt, last.pt, history.csv, predictions.csv}`, read by notebooks 03–05.
+
+# %% tags=["parameters"]
+profile = "demo"          # "demo" (laptop CPU) or "paper" (the paper's settings)
+run_dir = "../runs/demo"  # artifacts of the whole chain
+overrides = {}            # any config value, e.g. {"cls_epochs": 2}
+resume = True             # continue from classifier/last.pt if present (a finished run is not retrained)
+n_examples = 5            # slices per example figure
+
+# %%
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from wsseg_nb import augment, models, runs, train
+from wsseg_nb.plots import training as tplots
+from wsseg_nb.slices import SliceStore
+
+run = runs.start(profile, run_dir, **overrides)
+cfg = run.config
+store = SliceStore(run.store)
+print(f"profile {cfg.profile}, device {run.device}, run directory {run.dir}")
+store.index.groupby("split").agg(slices=("label", "size"), tumor_fraction=("label", "mean"),
+                                 studies=("study_id", "nunique")).round(3)
+
+# %% [markdown]
+# ## 1. The architecture
+#
+# VGG16 has five blocks of 3×3 convolutions, each followed by a 2×2 max-pool: a 256×256 slice ends as a
+# 512×8×8 map. The authors remove the **first** max-pool; we also drop the pool after the last block (the
+# paper's 32×32 map needs both): three pools remain and the last feature map $A$ has $K = 512$ channels of
+# $S/8 \times S/8$ pixels. Then
+#
+# $$ \text{logit} = \sum_k v_k \,\frac{1}{N}\sum_{h,w} A^k_{hw} + b, \qquad p(\text{tumor}) = \sigma(\text{logit}), $$
+#
+# global average pooling (GAP) followed by one linear layer — exactly the form for which the class activation
+# map $M = \sum_k v_k A^k$ of notebook 03 is defined. The paper's profile runs at full width; the demo profile
+# divides every channel count by 16 (`vgg_width`). Shapes first, on the meta device (no memory, no compute):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for width, size in [(1.0, 256), (cfg.vgg_width, cfg.slice_size)]:
+    with torch.device("meta"):
+        net = models.VGG16CAM(width=width)
+        a = net.features(net.scale(torch.zeros(1, 2, size, size)))
+    n_params = sum(p.numel() for p in net.parameters())
+    print(f"width {width:.4g}, {size}x{size} slice -> feature map {tuple(a.shape[1:])}, {n_params:,} parameters")
+
+# %% [markdown]
+# **ImageNet weights and two input channels.** The paper initialises from ImageNet (profile `paper`,
+# `pretrained="auto"`: the torchvision checkpoint if it can be found or downloaded, else random with a
+# warning; `"true"` fails and says where to put the file). ImageNet filters expect three colour channels; we
+# have two (SUV, CT). Rule: each of the two new input channels gets the mean of the R, G, B filters times
+# $3/2$, so that the same value in both channels produces exactly the response the RGB filters give to that
+# value in all three channels (a grey image). The demo trains from scratch (`pretrained="none"`, offline).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+rgb = torch.tensor([[1.0, 2.0, 3.0]]).view(1, 3, 1, 1)
+w2, _ = models.init_first_conv_from_rgb(rgb, torch.zeros(1))
+print("RGB filter", rgb.flatten().tolist(), "-> 2-channel filter", w2.flatten().tolist(),
+      "| sum preserved:", float(rgb.sum()) == float(w2.sum()))
+print("weights file for pretrained='true':", models.vgg16_weights_path().name)
+
+# %% [markdown]
+# ## 2. From raw SUV and HU to network inputs
+#
+# The store keeps physical units. `model.scale` is the one place where they become inputs: SUV clipped to
+# $[0, 20]$ and divided by 5 (lesions and organs fall in $[0, 4]$), HU clipped to $[-1000, 1000]$ and divided
+# by 1000. Both maps send a raw 0 to 0, so masking a raw input (as ScoreCAM does in notebook 03) is masking
+# the scaled input.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+raw = torch.tensor([[0.0, 1.0, 2.5, 10.0, 40.0], [-1000.0, -100.0, 0.0, 60.0, 1500.0]]).view(1, 2, 1, 5)
+scaled = models.InputScale()(raw)[0, :, 0]
+pd.DataFrame({"SUV": raw[0, 0, 0].tolist(), "SUV input": scaled[0].tolist(),
+              "HU": raw[0, 1, 0].tolist(), "HU input": scaled[1].tolist()})
+
+# %% [markdown]
+# ## 3. Augmentation: the same transform on image and mask
+#
+# The authors (Sec. 2.3.3) used imgaug: `Affine(scale=(0.85, 1.15), rotate=(-10, 10),
+# translate_percent=(-0.1, 0.1))` with bilinear interpolation and a constant fill, and `GammaContrast((0.7,
+# 1.7))` on the PET channel only. One scale and one translation fraction are drawn per slice and used for both
+# axes (imgaug's rule for a tuple). We fill with **air** (SUV 0, HU −1000), not HU 0 (water), and apply gamma as
+# imgaug does on a [0, 1] float image, with SUV/20 as that image: $\text{SUV} \mapsto 20\,(\text{SUV}/20)^\gamma$.
+# `augment_engine="torch"` runs batched on the training device; `"imgaug"` is the authors' library. Both read
+# the same sampled parameters, so they can be compared:
+
+# %%
+train_rows = store.index.index[(store.index["split"] == "train") & (store.index["lesion_voxels"] > 0)]
+pick = train_rows[np.linspace(0, len(train_rows) - 1, n_examples).astype(int)]
+x, mask = (torch.from_numpy(a) for a in store.read(pick.to_numpy()))
+params = augment.sample_params(len(x), torch.Generator().manual_seed(cfg.seed))
+x_t, mask_t = augment.augment(x, mask, params, "torch")
+x_i, mask_i = augment.augment(x, mask, params, "imgaug")
+print("parameters:", {k: np.round(getattr(params, k).numpy(), 2).tolist() for k in ("scale", "rotate_deg", "translate", "gamma")})
+print(f"torch vs imgaug: mean |ΔSUV| {float((x_t[:, 0] - x_i[:, 0]).abs().mean()):.4f}, "
+      f"mean |ΔHU| {float((x_t[:, 1] - x_i[:, 1]).abs().mean()):.2f}, "
+      f"mask pixels that differ {int((mask_t != mask_i).sum())} of {int(mask_t.sum())} lesion pixels")
+tplots.augmentation_examples(x.numpy(), mask.numpy(), x_t.numpy(), mask_t.numpy());
+
+# %% [markdown]
+# ## 4. The weighted cross entropy
+#
+# Only about 14% of slices contain tumor. The paper weights the tumor class by $w = 7.7$. With the single
+# logit $z_i$, $p_i = \sigma(z_i)$ and weights $w_i = w$ for tumor slices, 1 otherwise, we use the reduction
+# of PyTorch's `CrossEntropyLoss(weight=[1, w])` — a weighted mean:
+#
+# $$ L = \frac{\sum_i w_i\,\big[-y_i \log p_i - (1 - y_i)\log(1 - p_i)\big]}{\sum_i w_i}. $$
+#
+# The same formula, per pixel, trains the U-Net in notebook 05. A hand check:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+z, y = torch.tensor([0.0, 2.0, -1.0]), torch.tensor([1.0, 0.0, 1.0])
+by_hand = (7.7 * np.log(2) + np.log(1 + np.e ** 2) + 7.7 * np.log(1 + np.e)) / (7.7 + 1 + 7.7)
+print(f"by hand {by_hand:.6f}, package {float(train.weighted_ce(z, y, 7.7)):.6f}")
+
+# %% [markdown]
+# ## 5. Training
+#
+# SGD with momentum (paper: lr $10^{-3}$, momentum 0.9, batch 64, 50 epochs; the demo uses fewer epochs and
+# a larger rate, see the configuration). Slices stream from the store through a `DataLoader` with worker
+# processes; each epoch is validated, `last.pt` is written after every epoch (resumable: shuffling and
+# augmentation are seeded per epoch, so an interrupted run resumes to the same weights) and `best.pt` keeps the
+# epoch with the best validation ROC AUC.
+
+# %%
+pd.DataFrame([(k, getattr(cfg, k)) for k in ("vgg_width", "pretrained", "cls_epochs", "cls_batch", "cls_lr",
+                                            "cls_momentum", "pos_weight", "augment_engine", "workers")],
+             columns=["setting", "value"])
+
+# %%
+t0 = time.perf_counter()
+history = train.train_classifier(run, resume=resume)
+print(f"training: {time.perf_counter() - t0:.0f} s this session; {history['train_s'].sum():.0f} s of training "
+      f"over {len(history)} epochs")
+tplots.learning_curves(history, ("auc", "balanced_accuracy"));
+
+# %% [markdown]
+# ## 6. Validation: ROC and confusion matrix
+#
+# The best checkpoint predicts every validation and test slice (`classifier/predictions.csv`; notebook 03
+# computes CAMs for the slices with $p \ge 0.5$). The weighted loss shifts the decision towards "tumor": at
+# $p \ge 0.5$ sensitivity is bought with specificity.
+
+# %%
+model = train.load_classifier(run, "best")
+pred = train.write_classifier_predictions(run, model)
+val = pred[pred["split"] == "val"]
+summary = pd.DataFrame({s: train.classifier_metrics(g["label"], g["prob"]) for s, g in pred.groupby("split")}).T
+summary.round(3)
+
+# %%
+tplots.roc_and_confusion(val["label"], val["prob"]);
+
+# %% [markdown]
+# ## 7. Slices with their predicted probability
+#
+# Confident hits, missed tumor slices and false alarms of the validation split. Misses are typically small,
+# faint lesions; false alarms are physiological hot spots (brain, heart, bladder, kidneys).
+
+# %%
+groups = {"true positive": val[val["label"] == 1].nlargest(2, "prob"),
+          "missed tumor": val[val["label"] == 1].nsmallest(2, "prob"),
+          "false alarm": val[val["label"] == 0].nlargest(1, "prob")}
+shown = pd.concat(groups.values())
+rows = store.index.reset_index().merge(shown[["study_id", "slice"]], on=["study_id", "slice"])["index"]
+xs, ms = store.read(rows.to_numpy())
+tplots.slices_with_probability(xs, ms, shown["prob"].to_numpy(), shown["label"].to_numpy());
+
+# %% [markdown]
+# ## Summary
+#
+# Written to the run directory: `classifier/best.pt`, `classifier/last.pt`, `classifier/history.csv` and
+# `classifier/predictions.csv` (study_id, slice, split, label, prob of every validation and test slice).
+
+# %%
+best = history.loc[history["val_auc"].idxmax()]
+print(f"best epoch {int(best['epoch'])}: validation AUC {best['val_auc']:.3f}, balanced accuracy "
+      f"{best['val_balanced_accuracy']:.3f}; slices called tumorous (p >= 0.5): {(pred['prob'] >= 0.5).sum()} "
+      f"of {len(pred)}")
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Show that for GAP + one linear layer the logit equals the spatial mean of the class activation map
+#    $M = \sum_k v_k A^k$ plus the bias.
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# xb = torch.from_numpy(store.read([int(rows.iloc[0])])[0])
+# with torch.no_grad():
+#     a = model.features(model.scale(xb))
+#     cam = torch.einsum("k,bkhw->bhw", model.fc.weight[0], a)
+#     print(float(model(xb)), float(cam.mean() + model.fc.bias))   # equal
+# ```
+# Linearity: $\sum_k v_k \frac1N\sum_{hw} A^k_{hw} = \frac1N \sum_{hw}\sum_k v_k A^k_{hw}$.
+# </details>
+#
+# 2. The weighted loss is minimised by a constant prediction when the network has learned nothing. Which
+#    constant, and what loss does it give on a split with tumor fraction $f$? Compare with the first epoch.
+#
+# <details><summary>Solution</summary>
+#
+# The weighted mean is an ordinary cross entropy with effective tumor fraction $f_w = wf / (wf + 1 - f)$; the
+# best constant is $p = f_w$ and the loss is the entropy $-f_w\log f_w - (1-f_w)\log(1-f_w)$.
+# ```python
+# f = store.index.loc[store.index["split"] == "train", "label"].mean()
+# fw = 7.7 * f / (7.7 * f + 1 - f)
+# print(fw, -(fw * np.log(fw) + (1 - fw) * np.log(1 - fw)), history["train_loss"].iloc[0])
+# ```
+# A training loss that stays at this value means the network only learned the class prior.
+# </details>
+#
+# 3. Rotate a slice by 90° with both augmentation engines and check the direction against `torch.rot90`.
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# full = lambda v: torch.full((1,), v, dtype=torch.float64)
+# p90 = augment.AugmentParams(full(1.0), full(90.0), full(0.0), full(1.0))
+# for engine in ("torch", "imgaug"):
+#     out, _ = augment.augment(x[:1], mask[:1], p90, engine)
+#     print(engine, float((out - torch.rot90(x[:1], -1, (-2, -1))).abs().max()))   # ~0: clockwise on screen
+# ```
+# </details>
