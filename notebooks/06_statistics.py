@@ -1,0 +1,305 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 06 · Statistics: how good are the weakly supervised masks?
+#
+# The chain has produced one 3D lesion mask per test study for six methods: the four CAM methods of
+# Algorithm 1 (CAM, GradCAM, GradCAM++, ScoreCAM; trained on slice labels only), the global SUV threshold and
+# the supervised U-Net. This notebook scores them the way the paper does and puts our numbers beside theirs.
+#
+# You will learn
+# - the **3D Dice** score, and why it is undefined for a study without lesions;
+# - **MTV** (metabolic tumour volume) and **TLG** (total lesion glycolysis) from a mask, the SUV and the voxel size;
+# - the autoPET **false-positive / false-negative volumes** built on 18-connected lesion components;
+# - the **intraclass correlation ICC(2,1)** (two-way, absolute agreement, single measure) and why the paper picks it;
+# - how to read Fig. 5 (Dice box plots), Figs. 6–7 (true vs estimated MTV/TLG), Bland–Altman plots and Table 1.
+#
+# Paper: Sec. 2.3.4 (statistics), Sec. 2.4 (evaluation), Sec. 3.1 (results: Figs. 5–7, Table 1).
+
+# %% tags=["parameters"]
+profile = "demo"
+run_dir = "../runs/demo"
+overrides = {}
+split = "test"  # the paper evaluates its 90 test subjects
+methods = ["cam", "gradcam", "gradcampp", "scorecam", "threshold", "unet"]
+export_nifti = True  # results/nifti/<method>/<study>.nii.gz (+ truth, CT, SUV) to open in a viewer
+export_images = True  # also write the store's CT and SUV as NIfTI, so the masks open over them
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from wsseg_nb import metrics, report, runs
+from wsseg_nb.plots import results as result_plots
+
+run = runs.start(profile, run_dir, **overrides)
+figures = run.dir / "results" / "figures"
+pd.set_option("display.precision", 3)
+print(f"profile {run.config.profile}, run dir {run.dir}, split {split}, methods {methods}")
+
+# %% [markdown]
+# ## 1. Dice: overlap of two voxel sets
+#
+# With $A$ the ground-truth voxels and $B$ the predicted voxels of one study,
+#
+# $$\mathrm{Dice}(A, B) = \frac{2\,|A \cap B|}{|A| + |B|} \in [0, 1].$$
+#
+# It is computed **per study on the whole 3D volume** (not per slice and then averaged), so a study with one huge
+# lesion counts as much as a study with a tiny one. When $A$ is empty (a lesion-free study) the score depends only
+# on whether $B$ is empty — it measures nothing about segmentation quality — so we leave it **undefined (NaN)**,
+# as the autoPET challenge does, and judge lesion-free studies by their false-positive volume instead (Sec. 3).
+#
+# A from-scratch check on a toy pair of masks:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+truth = np.zeros((3, 4, 4), bool)
+truth[1, :2, :3] = True  # 6 voxels
+pred = np.zeros_like(truth)
+pred[1, 1, :3] = True  # 3 of them ...
+pred[2, 3, 3] = True  # ... and 1 voxel outside
+by_hand = 2 * (truth & pred).sum() / (truth.sum() + pred.sum())
+assert by_hand == metrics.dice(pred, truth)
+print(f"Dice = 2*3 / (6+4) = {by_hand:.2f};  empty ground truth -> {metrics.dice(pred, np.zeros_like(truth))}")
+
+# %% [markdown]
+# ## 2. MTV and TLG: volume and uptake of the lesions
+#
+# A voxel of spacing $(\Delta z, \Delta y, \Delta x)$ mm holds $\Delta V = \Delta z\,\Delta y\,\Delta x / 1000$ ml
+# (the grid is anisotropic: the paper's is $3\times2\times2$ mm = 0.012 ml, the demo's $6\times4\times4$ mm = 0.096 ml).
+# For a mask $M$ with $N$ voxels
+#
+# $$\mathrm{MTV} = N\,\Delta V \;[\mathrm{ml}], \qquad
+#   \mathrm{TLG} = \mathrm{SUV}_{\mathrm{mean}}(M) \times \mathrm{MTV}
+#   = \Delta V \sum_{v \in M} \mathrm{SUV}_v \;[\mathrm{g}],$$
+#
+# since body-weight SUV is a concentration in g/ml. Both are computed on the true and on the predicted mask; the
+# paper reports the **deviation** estimate − truth. It writes "median difference"; we read it as the median of the
+# **absolute** deviation |estimate − truth| (a signed median near zero could hide large errors of both signs) and
+# keep the signed deviation beside it to show over- or underestimation.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+spacing = run.config.spacing_mm
+suv = np.full((3, 4, 4), 1.0, np.float32)
+suv[truth] = np.arange(1, 7)  # SUV 1..6 inside the lesion, mean 3.5
+dv = np.prod(spacing) / 1000
+assert np.isclose(metrics.mtv_ml(truth, spacing), 6 * dv)
+assert np.isclose(metrics.tlg_g(suv, truth, spacing), 3.5 * 6 * dv)
+print(f"voxel {spacing} mm -> {dv:.3f} ml; MTV = 6 voxels = {6 * dv:.3f} ml; TLG = 3.5 x MTV = {3.5 * 6 * dv:.3f} g")
+
+# %% [markdown]
+# ## 3. Lesions as connected components: FP and FN volumes
+#
+# A Dice score hides *where* the errors are. The autoPET challenge adds two volumes built on lesion
+# **components** with 18-connectivity (voxels touching by a face or an edge belong together, a shared corner alone
+# does not):
+# - **false-positive volume**: total volume of predicted components that touch no ground-truth voxel
+#   (e.g. the brain or bladder picked up by a threshold);
+# - **false-negative volume**: total volume of ground-truth lesions that no predicted voxel touches (missed lesions).
+#
+# Counting components also gives a lesion-wise **detection sensitivity** (detected lesions / lesions) and the
+# number of false-positive lesions per study.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+edge, corner = np.zeros((3, 3, 3), bool), np.zeros((3, 3, 3), bool)
+edge[1, 0, 0] = edge[1, 1, 1] = True  # differ in y and x: share an edge
+corner[0, 0, 0] = corner[1, 1, 1] = True  # differ in z, y and x: share a corner only
+print("18-connected components: edge pair", metrics.components(edge)[1], "| corner pair", metrics.components(corner)[1],
+      "| corner pair with 26-connectivity", ndimage.label(corner, np.ones((3, 3, 3)))[1])
+lesions = np.zeros((6, 8, 8), bool)
+lesions[0:2, 0:2, 0:2] = True  # lesion A, 8 voxels
+lesions[4:6, 5:8, 5:8] = True  # lesion B, 18 voxels
+guess = np.zeros_like(lesions)
+guess[1, 1, 1:4] = True  # touches A
+guess[3, 0:2, 6] = True  # a false-positive component of 2 voxels
+print({k: round(v, 3) for k, v in metrics.lesion_metrics(guess, lesions, (1, 10, 100)).items()})  # 1 voxel = 1 ml
+
+# %% [markdown]
+# ## 4. Evaluate every method on the test studies
+#
+# `report.evaluate_run` loads each test study from the slice store (SUV, ground truth, grid spacing) and each
+# method's mask from `masks/<method>/<study>.npz`, and computes everything above: one row per (study, method).
+
+# %%
+per_study = report.evaluate_run(run, split=split, methods=methods)
+lesion_rows = report.with_lesions(per_study)
+print(f"{per_study['study_id'].nunique()} {split} studies, {lesion_rows['study_id'].nunique()} with lesions")
+per_study.head(6)
+
+# %% [markdown]
+# ## 5. Dice per study (Fig. 5)
+#
+# The paper reports every result as **median and IQR** ($Q_3 - Q_1$): per-study scores are bounded and skewed,
+# and a few failures would drag a mean. Weakly supervised methods are blue, the baselines red; the black diamonds
+# are the paper's medians.
+
+# %%
+fig = result_plots.dice_boxplot(per_study)
+report.save_figure(fig, figures / "fig5_dice.png")
+summary = report.summary_table(per_study)
+summary[["method", "n_lesion_studies", "dice_median", "dice_iqr", "lesion_sensitivity", "fp_lesions_per_study",
+         "fp_volume_ml_median", "fn_volume_ml_median", "negatives_fp_volume_ml_median"]]
+
+# %% [markdown]
+# Are the differences real? Each study is scored by every method, so the comparison is **paired**: the Wilcoxon
+# signed-rank test ranks the per-study differences without assuming normality. With 15 pairs at α = 0.05 some
+# "significant" results are expected by chance, so the table also gives Holm-adjusted p-values.
+
+# %%
+wilcoxon = report.wilcoxon_table(per_study)
+wilcoxon[["method_a", "method_b", "n", "median_difference", "pval", "pval_holm", "significant_holm"]]
+
+# %% [markdown]
+# ## 6. MTV and TLG: true vs estimated (Figs. 6 and 7) and Bland–Altman
+#
+# A point on the dashed identity line is a perfect estimate. The paper sees small tumours overestimated and large
+# ones underestimated by the weakly supervised methods. A **Bland–Altman** plot shows the same data as difference
+# (estimate − truth) against the mean of the two, with the mean difference (bias, solid) and the 95% limits of
+# agreement bias ± 1.96 SD (dashed): a trend in the cloud is a size-dependent error.
+
+# %%
+icc = report.icc_table(per_study)
+for quantity, name in (("mtv", "fig6_mtv"), ("tlg", "fig7_tlg")):
+    report.save_figure(result_plots.agreement_scatter(per_study, quantity, icc), figures / f"{name}.png")
+    report.save_figure(result_plots.bland_altman_plot(per_study, quantity), figures / f"{name}_bland_altman.png")
+summary[["method", "mtv_absdev_ml_median", "mtv_absdev_ml_iqr", "mtv_dev_ml_median",
+         "tlg_absdev_g_median", "tlg_absdev_g_iqr", "tlg_dev_g_median"]]
+
+# %% [markdown]
+# ## 7. ICC(2,1): agreement of the estimated with the true MTV and TLG (Table 1)
+#
+# Put the $n$ studies in rows and the $k = 2$ "raters" (ground truth, method) in columns. A two-way ANOVA splits
+# the variation into rows (mean square $MS_R$, real differences between patients), columns ($MS_C$, a systematic
+# offset of the method) and the residual ($MS_E$). The paper's **two-way, agreement, single-measure** ICC is
+#
+# $$\mathrm{ICC}(2,1) = \frac{MS_R - MS_E}{MS_R + (k-1)\,MS_E + \tfrac{k}{n}\,(MS_C - MS_E)}.$$
+#
+# - *two-way random*: patients and raters are both samples from larger populations (other patients, other
+#   segmentations), so the result generalises beyond these two columns;
+# - *agreement*: the $MS_C$ term makes a constant bias count as disagreement. The *consistency* version
+#   ICC(3,1) drops it and would call "always 50 ml too much" perfect; for a volume that enters a clinical
+#   decision, the absolute value matters;
+# - *single measure*: one segmentation per method is used in practice, not the average of several.
+#
+# From scratch for CAM's MTV, checked against `metrics.icc_agreement` (pingouin's `ICC(A,1)`, the same ICC2):
+
+# %%
+cam = report.with_lesions(per_study[per_study["method"] == methods[0]])
+Y = cam[["mtv_true_ml", "mtv_pred_ml"]].to_numpy()
+n, k = Y.shape
+grand = Y.mean()
+ms_r = k * ((Y.mean(axis=1) - grand) ** 2).sum() / (n - 1)
+ms_c = n * ((Y.mean(axis=0) - grand) ** 2).sum() / (k - 1)
+ms_e = (((Y - grand) ** 2).sum() - (n - 1) * ms_r - (k - 1) * ms_c) / ((n - 1) * (k - 1))
+icc21 = (ms_r - ms_e) / (ms_r + (k - 1) * ms_e + k * (ms_c - ms_e) / n)
+assert np.isclose(icc21, metrics.icc_agreement(Y[:, 0], Y[:, 1])["icc"])
+print(f"{methods[0]}: ICC(2,1) agreement = {icc21:.3f}; consistency ICC(3,1) = {(ms_r - ms_e) / (ms_r + ms_e):.3f}")
+
+# %% [markdown]
+# Table 1 for every method, ours beside the paper's (which reports p < 0.001 throughout):
+
+# %%
+table1 = icc.set_index("method").join(report.PAPER[["mtv_icc", "mtv_ci_low", "mtv_ci_high", "tlg_icc", "tlg_ci_low",
+                                                    "tlg_ci_high"]].add_prefix("paper_"))
+table1
+
+# %% [markdown]
+# ## 8. By diagnosis
+#
+# Lymphoma lesions are large and avid, melanoma metastases small and faint; the mix of diagnoses in a test set
+# moves every median. Lesion-free studies (right panel) show what each method segments where there is nothing.
+
+# %%
+report.save_figure(result_plots.diagnosis_plot(per_study), figures / "diagnosis.png")
+diagnosis = report.diagnosis_table(per_study)
+diagnosis.pivot(index="method", columns="diagnosis", values="dice_median").reindex(methods)
+
+# %% [markdown]
+# ## 9. Masks as NIfTI
+#
+# Each mask is written on the store grid with the store's affine (index (x, y, z, 1) → world mm), so it lies
+# exactly over the exported CT and SUV in any viewer (3D Slicer, ITK-SNAP, FSLeyes) and over the original CT
+# in world coordinates.
+
+# %%
+if export_nifti:
+    written = report.export_nifti_masks(run, methods, split=split, images=export_images)
+    print(f"{len(written)} NIfTI files under {run.dir / 'results' / 'nifti'}")
+
+# %% [markdown]
+# ## Summary
+#
+# Written to `results/` of the run directory: `per_study.csv` (one row per study and method), `summary.csv`
+# (medians and IQRs), `icc.csv` (Table 1), `wilcoxon.csv`, `diagnosis.csv`, `comparison.csv` (ours beside the paper),
+# `figures/*.png` (Figs. 5–7, Bland–Altman, diagnosis) and `nifti/`. The headline table:
+
+# %%
+tables = report.write_tables(run, per_study)
+report.print_results(run)
+
+# %% [markdown]
+# ## Exercises
+#
+# **1. Negatives in the ICC.** Our ICCs use the studies with lesions (the paper's patients all had tumours).
+# Recompute the MTV ICC of the threshold baseline including the lesion-free studies. Why does it change?
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# d = per_study[per_study["method"] == "threshold"]
+# metrics.icc_agreement(d["mtv_true_ml"], d["mtv_pred_ml"])
+# ```
+# Lesion-free studies add rows with true MTV 0 and whatever the threshold picked up (brain, bladder): pure
+# disagreement, so $MS_E$ grows, and they widen the spread of true values, so $MS_R$ grows too. Which effect wins
+# depends on how much the method segments in healthy patients — the ICC depends on the population, which is why
+# it must be reported with the cohort it was computed on.
+# </details>
+#
+# **2. Agreement vs consistency.** Add a constant 20 ml to the U-Net's MTV estimates. What happens to ICC(2,1)
+# and to the consistency ICC(3,1)?
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# d = report.with_lesions(per_study[per_study["method"] == "unet"])
+# print(metrics.icc_agreement(d["mtv_true_ml"], d["mtv_pred_ml"])["icc"],
+#       metrics.icc_agreement(d["mtv_true_ml"], d["mtv_pred_ml"] + 20)["icc"])
+# ```
+# $MS_R$ and $MS_E$ do not change (a constant shift of one column), so ICC(3,1) stays the same; $MS_C$ grows by
+# $n \cdot 20^2 / 2$, so ICC(2,1) drops. The paper's choice penalises a systematic offset.
+# </details>
+#
+# **3. 6- vs 18-connectivity.** How does the false-positive volume of GradCAM change with face-only
+# (6-) connectivity? Which components split?
+#
+# <details><summary>Solution</summary>
+#
+# Components that touch only along edges split apart under 6-connectivity; a split-off piece that touches no
+# lesion becomes a false positive, so the FP volume can only grow (and the number of FP lesions too):
+#
+# ```python
+# from wsseg_nb.slices import SliceStore
+# store = SliceStore(run.store)
+# sid = lesion_rows["study_id"].iloc[0]
+# study = store.study(sid)
+# pred = report.load_mask(run, "gradcam", sid, study.mask.shape)
+# six = ndimage.generate_binary_structure(3, 1)
+# lab, n = ndimage.label(pred, six)
+# hit = np.bincount(lab[study.mask > 0], minlength=n + 1)[1:] > 0
+# sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+# print(sizes[~hit].sum() * metrics.voxel_volume_ml(study.meta["spacing_mm"]),
+#       metrics.lesion_metrics(pred, study.mask, study.meta["spacing_mm"])["fp_volume_ml"])
+# ```
+# </details>
