@@ -37,7 +37,8 @@ def _config(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Execute the notebook chain headless."""
-    from .chain import ChainError, final_results_table, run_chain
+    from .chain import ChainError, run_chain
+    from .report import results_text
 
     _, overrides = _config(args)
     try:
@@ -46,9 +47,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"chain finished in {sum(timings.values()):.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    table = final_results_table(args.run_dir)
+    table = results_text(args.run_dir)
     if table:
-        print("\nResults (test split, synthetic cohort unless you ran your own manifest):\n" + table)
+        print("\nResults on the test split (the synthetic cohort unless --manifest named real data):\n" + table)
     return 0
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 import sys
 import time
@@ -110,18 +109,3 @@ def export_notebook(executed: Path, source: Path) -> Path:
     nbformat.write(nb, tmp)
     tmp.replace(target)
     return target
-
-
-def final_results_table(run_dir: str | os.PathLike[str]) -> str | None:
-    """The results summary the chain's last notebook wrote, as text (None when absent)."""
-    path = Path(run_dir) / "results" / "summary.csv"
-    if not path.exists():
-        return None
-    import pandas as pd
-
-    return pd.read_csv(path).to_string(index=False)
-
-
-def load_timings(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The chain.json written by run_chain."""
-    return json.loads((Path(run_dir) / "chain.json").read_text())
