@@ -1,0 +1,275 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 — Class activation maps: where does the classifier see a tumor?
+#
+# **What you will learn.** The slice classifier of notebook 02 only answers "tumor or not". A class activation
+# map (CAM) asks *where* in the slice the evidence for "tumor" sits. You will derive four maps from their
+# equations — CAM, GradCAM, GradCAM++ and ScoreCAM — write each in a few lines from scratch, check it against
+# the package, see why GradCAM tends to light up one lesion only, meet the single-logit softmax pitfall of
+# ScoreCAM, look at LayerCAM (beyond the paper), and store the maps of every slice the classifier calls
+# tumorous for Algorithm 1 (notebook 04).
+#
+# **Where in the paper.** Sec. 2.2.1 *Class activation maps*, Eqs. 1–6, and Fig. 4.
+
+# %% tags=["parameters"]
+profile = "demo"          # "demo" (laptop CPU) or "paper" (the paper's settings)
+run_dir = "../runs/demo"  # artifacts of the whole chain
+overrides = {}            # any config value, e.g. {"scorecam_topk": 64}
+n_panel = 3               # multi-lesion test slices in the Fig. 4 style panel
+extra_methods = ["layercam", "layercam_fused"]  # shown beside the paper's four, not stored
+
+# %%
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from wsseg_nb import cam, runs, train
+from wsseg_nb.plots import cams as cplots
+from wsseg_nb.slices import SliceStore
+
+run = runs.start(profile, run_dir, **overrides)
+cfg = run.config
+store = SliceStore(run.store)
+model = train.load_classifier(run)
+predictions = pd.read_csv(run.dir / "classifier" / "predictions.csv", dtype={"study_id": str})
+rows = cam.gated_rows(predictions, store.index)
+print(f"profile {cfg.profile}, device {run.device}, CAM methods {list(cfg.cam_methods)}")
+print(f"val+test slices called tumorous (prob >= 0.5): {len(rows)} of {len(predictions)} "
+      f"({int(rows['label'].sum())} truly contain lesion voxels)")
+
+# %% [markdown]
+# ## 1. The ingredients: feature maps $A_k$ and one FC layer
+#
+# The classifier is `fc(pool(features(scale(x))))`: the last conv layer gives $K$ feature maps $A_k$ of
+# $h \times w = S/8 \times S/8$ pixels (ReLU'd, so $A_k \ge 0$), global average pooling turns each into a number,
+# and one FC layer with weights $v_k$ and bias $b$ gives the tumor logit
+# $$y = b + \sum_k v_k \frac{1}{N}\sum_{h,w} A^k_{hw}, \qquad N = h\,w .$$
+# We take a few **test slices with several lesions** (ground-truth components) that the classifier calls
+# tumorous; every map below is computed for them.
+
+# %%
+gt_all = store.read(rows["position"].to_numpy())[1]
+lesions = cam.lesion_peaks(gt_all, {})
+per_slice = lesions.groupby("row").size().reindex(range(len(rows)), fill_value=0)
+order = np.lexsort((-rows["prob"].to_numpy(), -per_slice.to_numpy(), rows["split"].ne("test").to_numpy()))
+panel = order[:n_panel]
+x_np, gt = store.read(rows["position"].to_numpy()[panel])
+x = torch.from_numpy(x_np)
+with torch.no_grad():
+    A = model.features(model.scale(x))
+v, N = model.fc.weight[0].detach(), A.shape[-2] * A.shape[-1]
+labels = [f"{r.study_id} z{r.slice}\np={r.prob:.2f}" for r in rows.iloc[panel].itertuples()]
+print(f"A: {tuple(A.shape)} (B, K, h, w); lesions on the panel slices: {per_slice.to_numpy()[panel].tolist()}")
+print(f"channels that are all zero on these slices: {A.flatten(2).amax(-1).eq(0).sum(1).tolist()} of {A.shape[1]}")
+
+
+# %% [markdown]
+# ## 2. CAM (Eq. 1)
+#
+# $$M = \sum_k v_k A_k$$
+# — the logit before pooling, pixel by pixel. Eq. 1 has no ReLU: negative evidence stays. To compare maps of
+# different slices, every method's map is min-max normalised per slice to $[0, 1]$ (an all-constant map
+# becomes 0).
+
+# %%
+def minmax(m: torch.Tensor) -> torch.Tensor:
+    lo, hi = m.amin((1, 2), keepdim=True), m.amax((1, 2), keepdim=True)
+    return (m - lo) / (hi - lo)
+
+
+M_cam = torch.einsum("k,bkhw->bhw", v, A)
+assert torch.allclose(minmax(M_cam), cam.compute_cams(model, x, "cam"), atol=1e-5)
+print("CAM from scratch == cam.compute_cams(model, x, 'cam')")
+
+# %% [markdown]
+# ## 3. GradCAM (Eqs. 2–3) and its one-instance tendency
+#
+# $$\delta_k = \frac{1}{N}\sum_{h,w}\frac{\partial y}{\partial A^k_{hw}}, \qquad M = \max\Big(\sum_k \delta_k A_k, 0\Big).$$
+# With GAP + one FC layer the gradient is the same everywhere, $\partial y / \partial A^k_{hw} = v_k / N$, so
+# $\delta_k = v_k/N$ and **GradCAM is exactly CAM with a ReLU** (up to the factor $1/N$ that normalisation removes).
+
+# %%
+A_ = A.clone().requires_grad_(True)
+logit = model.fc(model.pool(A_).flatten(1))[:, 0]
+(g,) = torch.autograd.grad(logit.sum(), A_)
+delta = g.mean((2, 3))                                   # Eq. 2
+M_gradcam = torch.einsum("bk,bkhw->bhw", delta, A).relu()  # Eq. 3
+assert torch.allclose(delta, (v / N).expand_as(delta))
+assert torch.allclose(minmax(M_gradcam), cam.compute_cams(model, x, "gradcam"), atol=1e-5)
+assert torch.allclose(minmax(M_gradcam), minmax(M_cam.relu()), atol=1e-5)
+print("GradCAM from scratch == package == CAM with ReLU")
+
+# %% [markdown]
+# The ReLU is not harmless. CAM's normalisation maps the most negative pixel to 0, so a weaker lesion that is
+# clearly above the background keeps a sizeable value; GradCAM cuts everything below 0 and divides by the
+# strongest lesion's peak, so every other lesion shrinks towards 0 and a CAM threshold $t_m$ (notebook 04) keeps
+# only the strongest one. The table gives each ground-truth lesion's peak value of the maps on the panel
+# slices: look at the weaker lesions of a slice.
+
+# %%
+maps_panel = {m: cam.compute_cams(model, x, m).numpy() for m in (*cfg.cam_methods, *extra_methods)}
+peaks = cam.lesion_peaks(gt, {m: maps_panel[m] for m in cfg.cam_methods})
+peaks["slice"] = [labels[r].replace("\n", " ") for r in peaks["row"]]
+peaks.drop(columns="row").round(2)
+
+# %% [markdown]
+# ## 4. GradCAM++ (Eqs. 4–5) in exact closed form
+#
+# $$w_k = \sum_{h,w}\alpha^{k}_{hw}\,\max\Big(\frac{\partial Y}{\partial A^k_{hw}}, 0\Big), \qquad
+# \alpha^{k}_{hw} = \frac{\partial^2 Y/\partial (A^k_{hw})^2}{2\,\partial^2 Y/\partial (A^k_{hw})^2 +
+# \sum_{i,j} A^k_{ij}\,\partial^3 Y/\partial (A^k_{hw})^3}.$$
+# The exp trick: take $Y = e^{y}$. The network after $A$ is piecewise linear in $A$, so with $g = \partial y/\partial A$
+# the derivatives are $Y g$, $Y g^2$, $Y g^3$ and
+# $$\alpha = \frac{g^2}{2g^2 + g^3\sum_{ij}A_{ij}} = \frac{1}{2 + g\sum_{ij}A_{ij}} \quad (g \ne 0).$$
+# For GAP + FC ($g = v_k/N$): $\alpha_k = 1/(2 + v_k\,\overline{A_k})$ and $w_k = \max(v_k,0)/(2 + v_k\,\overline{A_k})$.
+# The common factor $Y$ drops out in the normalisation. A fixed $\varepsilon$ in the denominator (one peer
+# library adds $10^{-6}$) is not harmless here: $g^2 = (v_k/N)^2$ is of that order or smaller.
+
+# %%
+S_A = A.sum((2, 3), keepdim=True)
+alpha = torch.where(g != 0, g**2 / (2 * g**2 + g**3 * S_A), 0.0)  # Eq. 5 as written (float32)
+w_pp = (alpha * g.relu()).sum((2, 3))                              # Eq. 4
+M_pp = torch.einsum("bk,bkhw->bhw", w_pp, A).relu()
+closed = v.relu() / (2 + v * A.mean((2, 3)))
+assert torch.allclose(minmax(M_pp), cam.compute_cams(model, x, "gradcampp"), atol=1e-4)
+assert torch.allclose(w_pp, closed, rtol=1e-3)
+alpha_eps = g**2 / (2 * g**2 + g**3 * S_A + 1e-6)
+M_eps = torch.einsum("bk,bkhw->bhw", (alpha_eps * g.relu()).sum((2, 3)), A).relu()
+print(f"g^2 ranges over [{(g**2).amin():.1e}, {(g**2).amax():.1e}]; "
+      f"largest map change from an epsilon of 1e-6: {(minmax(M_eps) - minmax(M_pp)).abs().max():.3f}")
+
+# %% [markdown]
+# ## 5. ScoreCAM (Eq. 6) and the single-logit softmax pitfall
+#
+# No gradients: each channel map $A_k$ is upsampled to the slice size and min-max normalised to a mask $H_k$,
+# the (scaled) input is multiplied by it, and the classifier scores the masked slice. A softmax over the
+# channels turns the $K$ scores into weights, $M = \max(\sum_k \alpha_k A_k, 0)$. The score is the **tumor
+# logit**: its channel softmax weights each channel by the odds $e^{y_k} = p_k/(1-p_k)$ that its region alone is
+# tumor. (Sigmoid probabilities would bound the weights within a factor $e$ and saturate at 1 for a confident
+# classifier.) The subtracted baseline of the paper is common to all channels and cancels in the softmax.
+# All-zero channels give an all-zero mask and a zero term, so the package skips them (exact).
+
+# %%
+i0 = 0
+z = model.scale(x[i0:i0 + 1])
+a = A[i0]
+H = cam.normalize_maps(F.interpolate(a[:, None], size=z.shape[-2:], mode="bilinear", align_corners=False))
+with torch.no_grad():
+    y_k = cam.logit_from_scaled(model, z * H)  # K masked slices, one logit each
+alpha_sc = torch.softmax(y_k, dim=0)              # softmax over the K channels
+M_sc = torch.einsum("k,khw->hw", alpha_sc, a).relu()[None]
+assert torch.allclose(minmax(M_sc), cam.compute_cams(model, x[i0:i0 + 1], "scorecam"), atol=1e-4)
+pitfall = torch.softmax(y_k[:, None], dim=1)[:, 0]  # softmax over the single logit of each masked slice
+print(f"masked logits range [{y_k.min():.2f}, {y_k.max():.2f}]; the pitfall's weights: {pitfall.unique().tolist()}")
+
+# %% [markdown]
+# A binary classifier with one output has one logit; a softmax over it is $e^{y}/e^{y} = 1$ for every masked
+# slice, so every channel gets the same weight and "ScoreCAM" degenerates into the plain sum of the channels.
+# The plot shows the weights of the first panel slice; the maps show what the pitfall costs.
+
+# %%
+weights = {"softmax over channels of logits (ours)": alpha_sc.numpy(),
+           "softmax of sigmoid probabilities": torch.softmax(y_k.sigmoid(), 0).numpy(),
+           "softmax over the single logit (pitfall)": (pitfall / len(pitfall)).numpy()}
+cplots.channel_weights_plot(weights);
+M_pitfall = torch.einsum("k,khw->hw", pitfall, a).relu()[None]
+cplots.cam_panel(x_np[:1, 0], x_np[:1, 1], gt[:1], {"scorecam": minmax(M_sc).numpy(),
+                 "pitfall (uniform)": cam.normalize_maps(M_pitfall).numpy()}, labels[:1]);
+
+# %% [markdown]
+# ## 6. Beyond the paper: LayerCAM
+#
+# LayerCAM weights every pixel by its own positive gradient, $M = \max(\sum_k \max(g^k_{hw},0)\,A^k_{hw}, 0)$.
+# At the last layer of GAP + FC that is CAM with $\max(v_k, 0)$. Its point is earlier layers, where gradients
+# vary over the image: `layercam_fused` computes it at the ends of the last three VGG stages, scales each map by
+# $\tanh(2M)$, upsamples to the finest and keeps the element-wise maximum (a finer map, $S/2$ here).
+
+# %%
+M_layer = torch.einsum("bkhw,bkhw->bhw", g.relu(), A).relu()
+assert torch.allclose(minmax(M_layer), cam.compute_cams(model, x, "layercam"), atol=1e-5)
+print({m: maps_panel[m].shape[1:] for m in maps_panel})
+
+# %% [markdown]
+# ## 7. All methods side by side (Fig. 4 style)
+#
+# PET with the ground-truth outline (yellow), each method's map over the PET (white outline), and the CT.
+
+# %%
+cplots.cam_panel(x_np[:, 0], x_np[:, 1], gt, maps_panel, labels);
+
+# %% [markdown]
+# ## 8. Maps of every slice the classifier calls tumorous
+#
+# Algorithm 1 (notebook 04) needs the maps of the val and test slices with classifier probability $\ge 0.5$.
+# The package streams them from the slice store in batches and writes `cams/index.csv` plus one float16 array
+# per method, aligned with its rows. ScoreCAM is exact unless `scorecam_topk` > 0 (then the top-k channels
+# by variance).
+
+# %%
+start = time.perf_counter()
+maps_all = cam.cams_for_slices(model, store, rows["position"].to_numpy(), cfg.cam_methods,
+                               batch_size=cfg.cam_batch, device=run.device, topk=cfg.scorecam_topk)
+elapsed = time.perf_counter() - start
+cam.save_cams(run.path("cams"), rows[["study_id", "slice", "split", "label", "prob"]], maps_all)
+print(f"{len(rows)} slices x {len(maps_all)} methods in {elapsed:.1f} s "
+      f"({len(rows) / max(elapsed, 1e-9):.1f} slices/s for all methods together)")
+
+# %%
+peaks_all = cam.lesion_peaks(gt_all, maps_all)
+print("median peak map value on the ground-truth lesions of the gated slices (secondary lesions of a slice):")
+second = peaks_all.groupby("row").filter(lambda d: len(d) > 1)
+second = second[second.groupby("row")["voxels"].rank(ascending=False, method="first") > 1]
+pd.DataFrame({"all lesions": peaks_all[list(cfg.cam_methods)].median(),
+              "non-largest lesions of multi-lesion slices": second[list(cfg.cam_methods)].median()}).round(2)
+
+# %% [markdown]
+# ## Summary
+#
+# - Written: `cams/index.csv` (study_id, slice, split, label, prob of the slices called tumorous) and
+#   `cams/<method>.npy` (float16, $n \times h \times w$, in $[0, 1]$) for the methods of `cam_methods`.
+# - CAM is Eq. 1; with GAP + one FC layer GradCAM equals CAM with a ReLU, GradCAM++ has the closed form
+#   $w_k = \max(v_k, 0)/(2 + v_k\overline{A_k})$, LayerCAM equals CAM with $\max(v_k, 0)$.
+# - ScoreCAM scores each masked slice by its tumor logit and softmaxes over channels; the softmax over a single
+#   logit gives uniform weights.
+#
+# ## Exercises
+#
+# 1. Show that for GAP + FC the logit is the spatial mean of the CAM plus the bias, $y = b + \overline{M}$, and
+#    check it numerically.
+#
+# <details><summary>Solution</summary>
+#
+# $y = b + \sum_k v_k \overline{A_k} = b + \overline{\sum_k v_k A_k} = b + \overline{M}$.
+# `torch.allclose(model.fc.bias + M_cam.mean((1, 2)), model(x))` is `True`.
+# </details>
+#
+# 2. How much does a channel contribute to the logit, and how does that relate to an "ablation" of it?
+#
+# <details><summary>Solution</summary>
+#
+# Setting $A_k = 0$ lowers the logit by exactly $v_k\overline{A_k}$ (the head is linear):
+# `contrib = v * A.mean((2, 3))`. The top channels by this contribution are the ones CAM relies on; ScoreCAM asks
+# the opposite question (what does the region of channel $k$ alone score?).
+# </details>
+#
+# 3. Rerun the notebook with `overrides={"scorecam_topk": 8}`. How far is the approximate ScoreCAM from the
+#    exact one, and how much faster is it?
+#
+# <details><summary>Solution</summary>
+#
+# `approx = cam.compute_cams(model, x, "scorecam", topk=8)`; `(approx - torch.from_numpy(maps_panel["scorecam"])).abs().max()`.
+# The cost is proportional to the number of channels scored (K masked forward passes per slice), so top-8 of
+# K is about K/8 times faster; the maps agree where the high-variance channels dominate the weighted sum.
+# </details>

@@ -1,0 +1,291 @@
+"""Class activation maps of the slice classifier (Sec. 2.2.1, Eqs. 1-6), batched, for any batch size (notebook 03)."""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+METHODS = ("cam", "gradcam", "gradcampp", "scorecam", "layercam", "layercam_fused")
+GRADIENT_METHODS = ("gradcam", "gradcampp", "layercam", "layercam_fused")
+
+
+def normalize_maps(maps: Tensor) -> Tensor:
+    """Per-map min-max to [0, 1] over the last two dims; a constant map (e.g. all zero) becomes 0, never NaN."""
+    flat = maps.flatten(-2)
+    low, high = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+    span = high - low
+    return torch.where(span > 0, (flat - low) / torch.where(span > 0, span, 1.0), 0.0).view_as(maps)
+
+
+def logit_from_scaled(model: nn.Module, z: Tensor) -> Tensor:
+    """Tumor logit (B,) of an already scaled input: fc(pool(features(z))), the classifier without `.scale`."""
+    return model.fc(model.pool(model.features(z)).flatten(1))[:, 0]
+
+
+def scaled_input(model: nn.Module, x: Tensor) -> Tensor:
+    """model.scale(x) in channels-last layout (oneDNN / cuDNN convolutions run about 2x faster on it; same values)."""
+    return model.scale(x).contiguous(memory_format=torch.channels_last)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode and restore each one's own train/eval flag afterwards, also on errors."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+@contextlib.contextmanager
+def capture(layers: Sequence[nn.Module], cut: bool = False) -> Iterator[list[Tensor]]:
+    """Record the outputs of `layers` (in the order given) during a forward; hooks are removed on exit, also on errors.
+
+    Each hooked output is replaced downstream by a copy, so a later in-place op (ReLU(inplace=True)) cannot alter
+    the recorded activation. With `cut`, the first hooked output to fire becomes a leaf that requires grad and
+    gradient recording is switched on from there: run the forward under `torch.no_grad()` and the layers before
+    the cut run without autograd (about 2x faster on CPU), the backward stops at the leaf, frozen models work too.
+    """
+    recorded: dict[int, Tensor] = {}
+
+    def hook(index: int) -> Any:
+        def record(module: nn.Module, inputs: Any, output: Tensor) -> Tensor:
+            if cut and not recorded:
+                output = output.detach().requires_grad_(True)
+                torch.set_grad_enabled(True)  # the enclosing no_grad() restores the mode on exit, also on errors
+            recorded[index] = output
+            return output.clone()
+        return record
+
+    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
+    acts: list[Tensor] = []
+    try:
+        yield acts
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [type(layers[i]).__name__ for i in range(len(layers)) if i not in recorded]
+    if missing:
+        raise ValueError(f"target layer(s) {missing} did not run in the model's forward")
+    acts.extend(recorded[i] for i in range(len(layers)))
+
+
+def block_ends(model: nn.Module) -> list[nn.Module]:
+    """The ReLU before each max-pool of `model.features`, then `model.features` itself (LayerCAM fusion layers)."""
+    mods = list(model.features)
+    ends = [m for m, nxt in zip(mods, mods[1:]) if isinstance(nxt, nn.MaxPool2d) and isinstance(m, nn.ReLU)]
+    return ends + [model.features]
+
+
+def _activations_and_grads(model: nn.Module, x: Tensor, layers: Sequence[nn.Module]) -> list[tuple[Tensor, Tensor]]:
+    """(A, dlogit/dA) at each layer; slices are independent in eval mode, so one backward of the summed logits."""
+    with torch.inference_mode(False):
+        z = scaled_input(model, x.clone())  # clone: a normal tensor even when the caller runs under inference_mode
+        with torch.no_grad(), capture(layers, cut=True) as acts:
+            logits = logit_from_scaled(model, z)
+        grads = torch.autograd.grad(logits.sum(), acts)
+    return [(a.detach().float(), g.float()) for a, g in zip(acts, grads)]
+
+
+def _combine(weights: Tensor, acts: Tensor) -> Tensor:
+    """ReLU(sum_k w_k A_k): weights (B,K) or (B,K,h,w), activations (B,K,h,w) -> (B,h,w)."""
+    if weights.dim() == 2:
+        weights = weights[:, :, None, None]
+    return (weights * acts).sum(1).relu()
+
+
+def gradcampp_weights(acts: Tensor, grads: Tensor) -> Tensor:
+    """GradCAM++ channel weights, Eqs. 4-5 in exact closed form (no epsilon); acts, grads (B,K,h,w) -> (B,K).
+
+    With Y = exp(y) and y piecewise linear in A (ReLU/pool/linear after the layer): dY/dA = Y g, d2Y/dA2 = Y g^2,
+    d3Y/dA3 = Y g^3 with g = dy/dA, so alpha = g^2 / (2 g^2 + sum_ij A_ij g^3). Where g != 0 numerator and
+    denominator are divided by g^2 (exact, and g^3 ~ 1e-15 cannot underflow): alpha = 1 / (2 + g sum_ij A_ij).
+    Where the denominator is 0 (g == 0: the 0/0 case) alpha is 0. The positive factor Y of relu(dY/dA) is common
+    to all channels of a slice and is dropped (it cancels in the min-max normalisation).
+    """
+    denominator = 2.0 + grads * acts.sum((2, 3), keepdim=True)
+    usable = (grads != 0) & (denominator != 0)
+    alpha = torch.where(usable, 1.0 / torch.where(usable, denominator, 1.0), 0.0)
+    return (alpha * grads.relu()).sum((2, 3))
+
+
+def _gradient_cams(model: nn.Module, x: Tensor, method: str, layers: Sequence[nn.Module]) -> Tensor:
+    """GradCAM (Eqs. 2-3), GradCAM++ (Eqs. 4-5), LayerCAM and fused LayerCAM for one chunk."""
+    pairs = _activations_and_grads(model, x, layers)
+    if method == "layercam_fused":
+        size = max((a.shape[-2:] for a, _ in pairs), key=lambda s: s[0] * s[1])
+        scaled = [torch.tanh(2.0 * normalize_maps(_combine(g.relu(), a))) for a, g in pairs]  # LayerCAM Eq. 9
+        upsampled = [F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] for m in scaled]
+        return torch.stack(upsampled).amax(0)
+    acts, grads = pairs[0]
+    if method == "gradcam":
+        return _combine(grads.mean((2, 3)), acts)
+    if method == "gradcampp":
+        return _combine(gradcampp_weights(acts, grads), acts)
+    return _combine(grads.relu(), acts)  # layercam: element-wise weights relu(g)
+
+
+def _scorecam(model: nn.Module, x: Tensor, layer: nn.Module, topk: int, batch_size: int) -> Tensor:
+    """ScoreCAM (Eq. 6) for one chunk: channel k scored by the tumor logit of the input masked by its normalised map.
+
+    Scores are logits, not sigmoid probabilities: the channel softmax of logits weights each channel by the odds
+    exp(logit) = p / (1 - p) that its region alone is tumor, whereas probabilities lie in [0, 1] (weights within a
+    factor e) and saturate at 1 for a confident classifier, which makes the weights uniform (the single-logit
+    softmax pitfall again). A softmax over the one logit itself would be 1 for every channel; the softmax is over
+    channels. The subtracted baseline score of Eq. 6 is common to all channels and cancels in the softmax.
+    The scaled input is masked (as the original masks the network input). Channels whose map is all zero give an
+    all-zero mask and a zero term in the sum, so they are skipped: the channel softmax over the others differs by a
+    positive per-slice factor only, which the min-max normalisation removes (exact). `topk` > 0 keeps only the
+    `topk` channels of largest spatial variance (an approximation unless topk >= K).
+    """
+    z = scaled_input(model, x)
+    with capture([layer]) as acts:
+        logit_from_scaled(model, z)
+    a = acts[0].float()
+    active = a.flatten(2).ne(0).any(-1)
+    if topk > 0:
+        keep = a.flatten(2).var(-1).topk(min(topk, a.shape[1]), dim=1).indices
+        active &= torch.zeros_like(active).scatter_(1, keep, True)
+    slices, channels = active.nonzero(as_tuple=True)  # one host sync per chunk
+    scores = a.new_full(active.shape, float("-inf"))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=z.is_cuda)
+    for start in range(0, len(slices), batch_size):
+        b, k = slices[start:start + batch_size], channels[start:start + batch_size]
+        masks = normalize_maps(F.interpolate(a[b, k][:, None], size=z.shape[-2:], mode="bilinear", align_corners=False))
+        with autocast:
+            logits = logit_from_scaled(model, (z[b] * masks.to(z.dtype)).contiguous(memory_format=torch.channels_last))
+        scores[b, k] = logits.float()
+    weights = torch.softmax(scores, dim=1).nan_to_num(0.0)  # a slice without active channels: all -inf -> 0
+    return _combine(weights, a)
+
+
+def compute_cams(model: nn.Module, x: Tensor, method: str, *,
+                 target_layer: nn.Module | Sequence[nn.Module] | None = None, topk: int = 0,
+                 batch_size: int = 64) -> Tensor:
+    """Maps (B,h,w) in [0,1] of raw inputs x (B,2,S,S) for the tumor logit, per-slice min-max normalised (notebook 03).
+
+    method: "cam" (Eq. 1, as written: no ReLU), "gradcam" (Eqs. 2-3; with GAP + FC exactly CAM with a ReLU),
+    "gradcampp" (Eqs. 4-5), "scorecam" (Eq. 6; bf16 autocast on CUDA), "layercam", "layercam_fused" (LayerCAM at
+    `block_ends(model)[-3:]`, tanh-scaled, upsampled to the finest of them, element-wise max; finer maps).
+    target_layer: default `model.features` (A of the last conv); a list of layers for "layercam_fused".
+    Runs on the model's device in chunks of `batch_size` (ScoreCAM: masked images per forward) and returns on
+    x's device; the model's train/eval flags are restored and no hook survives the call.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown CAM method {method!r}; choose one of {METHODS}")
+    if method == "cam" and target_layer not in (None, model.features):
+        raise ValueError("CAM (Eq. 1) is defined only at the last conv layer, whose GAP feeds the FC layer")
+    if x.dim() != 4 or len(x) == 0:
+        raise ValueError(f"x must be a non-empty batch (B, 2, S, S) of raw [SUV, HU] slices, got {tuple(x.shape)}")
+    if batch_size < 1 or topk < 0:
+        raise ValueError(f"batch_size must be >= 1 and topk >= 0, got batch_size={batch_size}, topk={topk}")
+    if method == "layercam_fused":
+        layers = list(target_layer) if target_layer is not None else block_ends(model)[-3:]
+    else:
+        layers = [target_layer if target_layer is not None else model.features]
+    device = next(model.parameters()).device
+    chunks = []
+    with eval_mode(model):
+        for xb in x.split(batch_size):
+            xb = xb.to(device, torch.float32, non_blocking=True)
+            if method in GRADIENT_METHODS:
+                maps = _gradient_cams(model, xb, method, layers)
+            else:
+                with torch.inference_mode():
+                    if method == "cam":
+                        acts = model.features(scaled_input(model, xb)).float()
+                        maps = torch.einsum("k,bkhw->bhw", model.fc.weight[0].float(), acts)  # Eq. 1: no ReLU
+                    else:
+                        maps = _scorecam(model, xb, layers[0], topk, batch_size)
+            chunks.append(normalize_maps(maps).to(x.device))
+    return torch.cat(chunks)
+
+
+def cams_for_slices(model: nn.Module, store: Any, positions: Sequence[int] | np.ndarray, methods: Sequence[str],
+                    batch_size: int = 64, device: torch.device | str = "cpu", topk: int = 0) -> dict[str, np.ndarray]:
+    """{method: float16 (n,h,w)} for store index rows `positions`, streamed from the SliceStore (notebook 03).
+
+    The model is moved to `device`. An empty `positions` gives (0,h,w) arrays (shape probed on the first slice).
+    """
+    positions = np.asarray(positions, dtype=np.int64)
+    model.to(device)
+    n = len(positions)
+    out: dict[str, np.ndarray] = {}
+    starts = range(0, n, batch_size) if n else [None]
+    for start in tqdm(starts, desc="CAMs", unit="batch", disable=not n):
+        chunk = positions[start:start + batch_size] if n else np.zeros(1, dtype=np.int64)
+        x = torch.from_numpy(np.ascontiguousarray(store.read(chunk)[0])).to(device)
+        for method in methods:
+            maps = compute_cams(model, x, method, topk=topk, batch_size=batch_size).cpu().numpy()
+            if method not in out:
+                out[method] = np.empty((n, *maps.shape[1:]), dtype=np.float16)
+            if n:
+                out[method][start:start + len(chunk)] = maps
+    return out
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """np.save to a temporary name, then rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        np.save(handle, array)
+    os.replace(tmp, path)
+
+
+def save_cams(directory: str | os.PathLike[str], index: pd.DataFrame, cams: dict[str, np.ndarray]) -> None:
+    """Write <directory>/index.csv and <directory>/<method>.npy (float16, aligned with index rows), atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for method, maps in cams.items():
+        if len(maps) != len(index):
+            raise ValueError(f"cams[{method!r}] has {len(maps)} maps but index.csv has {len(index)} rows")
+        _save_npy_atomic(directory / f"{method}.npy", maps.astype(np.float16, copy=False))
+    tmp = directory / "index.csv.tmp"
+    index.to_csv(tmp, index=False)
+    os.replace(tmp, directory / "index.csv")
+
+
+
+def gated_rows(predictions: pd.DataFrame, store_index: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
+    """Val/test slices the classifier calls tumorous (prob >= threshold) with their store row `position` (nb 03)."""
+    index = store_index.reset_index(drop=True)
+    keys = index[["study_id", "slice"]].assign(study_id=index["study_id"].astype(str), position=np.arange(len(index)))
+    gated = predictions[predictions["prob"] >= threshold].assign(study_id=lambda d: d["study_id"].astype(str))
+    rows = gated.merge(keys, on=["study_id", "slice"], how="left", validate="one_to_one")
+    if rows["position"].isna().any():
+        bad = rows[rows["position"].isna()].iloc[0]
+        raise ValueError(f"classifier/predictions.csv: study {bad.study_id} slice {bad.slice} "
+                         "is not in store/index.csv")
+    return rows.astype({"position": np.int64}).reset_index(drop=True)
+
+
+def lesion_peaks(masks: np.ndarray, maps: dict[str, np.ndarray]) -> pd.DataFrame:
+    """One row per ground-truth lesion (8-connected in-plane component): slice row, voxels, peak of each map on it.
+
+    Maps (n,h,w) are upscaled by nearest neighbour to the mask size (as Algorithm 1 does) (notebook 03).
+    """
+    masks = np.asarray(masks, dtype=bool)
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True  # components never connect across slices
+    labels, count = ndimage.label(masks, structure)
+    ids = np.arange(1, count + 1)
+    rows = np.broadcast_to(np.arange(len(masks))[:, None, None], masks.shape)
+    out = pd.DataFrame({"row": ndimage.maximum(rows, labels, ids).astype(np.int64),
+                        "voxels": ndimage.sum_labels(masks, labels, ids).astype(np.int64)})
+    for method, m in maps.items():
+        factor = masks.shape[-1] // m.shape[-1]
+        up = np.asarray(m, dtype=np.float32).repeat(factor, axis=1).repeat(factor, axis=2)
+        out[method] = ndimage.maximum(up, labels, ids)
+    return out
