@@ -67,7 +67,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "cls_epochs": 10,
     "cls_batch": 32,
     "cls_lr": 1e-3,
-    "cam_batch": 32,
+    "cam_batch": 128,
     "unet_width": 1 / 8,
     "unet_epochs": 6,
     "unet_batch": 16,
