@@ -27,7 +27,8 @@ test: venv           ## unit tests, notebook pairing, then nbval on the committe
 unit: venv
 	$(PY) -m pytest -q tests
 
-bench: venv          ## speed and memory figures quoted in the README
+bench: venv          ## speed and memory figures quoted in the README (installs the peer CAM libraries)
+	$(PY) -m pip install -q -c constraints.txt -e ".[bench]"
 	$(PY) -m benchmarks.run_all
 
 sync: venv           ## regenerate each .ipynb's code from its .py (outputs kept)
