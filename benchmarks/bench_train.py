@@ -7,12 +7,13 @@ import time
 
 import pandas as pd
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from wsseg_nb.augment import augment, sample_params
 from wsseg_nb.config import get_config
 from wsseg_nb.models import UNet, VGG16CAM
 from wsseg_nb.runs import pick_device
-from wsseg_nb.train import _forward, weighted_ce
+from wsseg_nb.train import _forward, classifier_optimizer, weighted_ce
 
 PAPER_TRAIN_SLICES = int(453 * 330 * 0.6)
 """Paper scale: 453 studies x ~330 slices (2x2x3 mm) x 60% training."""
@@ -23,16 +24,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bench(kind: str, profile: str, device: torch.device, steps: int) -> dict[str, object]:
-    """Slices/s of augmented training steps on synthetic batches (data loading measured separately by train.fit)."""
+def bench(kind: str, profile: str, device: torch.device, steps: int, batch_override: int = 0) -> dict[str, object]:
+    """Slices/s and achieved FLOP/s of augmented training steps on synthetic batches (data loading: see train.fit)."""
     cfg = get_config(profile)
     size = cfg.slice_size
     if kind == "classifier":
-        model, batch, lr = VGG16CAM(cfg.vgg_width), cfg.cls_batch, cfg.cls_lr
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.cls_momentum)
+        model, batch = VGG16CAM(cfg.vgg_width), cfg.cls_batch
+        opt = classifier_optimizer(model, cfg)
     else:
         model, batch = UNet(cfg.unet_width), cfg.unet_batch
         opt = torch.optim.Adam(model.parameters(), lr=cfg.unet_lr)
+    batch = batch_override or batch
     model.to(device, memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 2, size, size, generator=gen).to(device) * torch.tensor([5.0, 1000.0], device=device).view(1, 2, 1, 1)
@@ -40,26 +42,33 @@ def bench(kind: str, profile: str, device: torch.device, steps: int) -> dict[str
     label = mask.flatten(1).amax(1).float()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(steps + 2):
-        _sync(device)
-        t0 = time.perf_counter()
+    def train_step() -> None:
         xa, ma = augment(x, mask, sample_params(batch, gen), cfg.augment_engine)
         out = _forward(model, xa, device)
         loss = weighted_ce(out, label if kind == "classifier" else ma[:, None].float(), cfg.pos_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        train_step()
+    times = []
+    for _ in range(steps + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        train_step()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    step = sum(times[2:]) / steps
+    step = sum(times[1:]) / steps
     rate = batch / step
     epochs = cfg.cls_epochs if kind == "classifier" else cfg.unet_epochs
     paper_epoch_h = PAPER_TRAIN_SLICES / rate / 3600
     memory = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"kind": kind, "profile": profile, "size": size, "batch": batch, "step_ms": 1000 * step,
-            "slices_per_s": rate, "peak_mem_MiB": memory, "paper_epoch_h": paper_epoch_h,
+            "slices_per_s": rate, "tflop_per_s": counter.get_total_flops() / step / 1e12, "peak_mem_MiB": memory,
+            "paper_epoch_h": paper_epoch_h,
             f"paper_{epochs}_epochs_h": paper_epoch_h * epochs}
 
 
@@ -69,6 +78,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--profiles", nargs="+", default=["demo", "paper"])
+    parser.add_argument("--batch", type=int, default=0, help="override the profile's batch (e.g. 2 for the paper size on a CPU)")
     args = parser.parse_args()
     device = pick_device(args.device)
     print(f"device: {device} ({torch.get_num_threads()} CPU threads)" if device.type == "cpu"
@@ -76,7 +86,7 @@ def main() -> None:
     rows = []
     for profile in args.profiles:
         for kind in ("classifier", "unet"):
-            rows.append(bench(kind, profile, device, args.steps))
+            rows.append(bench(kind, profile, device, args.steps, args.batch))
             print(pd.DataFrame(rows).round(2).to_string(index=False), flush=True)
     print(f"paper scale: {PAPER_TRAIN_SLICES:,} training slices per epoch; peak memory is the process RSS on the CPU. "
           "Data loading: see data_wait_s vs train_s in history.csv of a real run.")

@@ -18,6 +18,7 @@ from .augment import augment, sample_params
 from .models import UNet, VGG16CAM
 
 if TYPE_CHECKING:
+    from .config import Config
     from .runs import Run
     from .slices import SliceStore
 
@@ -212,17 +213,21 @@ def _datasets(run: Run) -> tuple[Dataset, Dataset]:
     return SliceDataset(run.store, "train"), SliceDataset(run.store, "val")
 
 
+def classifier_optimizer(model: torch.nn.Module, c: Config) -> torch.optim.Optimizer:
+    """SGD with momentum as the paper (Sec. 2.3.3), or Adam (the demo profile), from the config."""
+    if c.cls_optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=c.cls_lr, momentum=c.cls_momentum)
+    if c.cls_optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=c.cls_lr)
+    raise ValueError(f"cls_optimizer must be 'sgd' or 'adam', got {c.cls_optimizer!r}")
+
+
 def train_classifier(run: Run, resume: bool = True) -> pd.DataFrame:
     """VGG16-CAM with SGD (lr, momentum from the config; Adam in the demo), weighted CE; writes run_dir/classifier/ (notebook 02)."""
     c = run.config
     torch.manual_seed(c.seed)
     model = VGG16CAM(c.vgg_width, c.pretrained)
-    if c.cls_optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=c.cls_lr, momentum=c.cls_momentum)
-    elif c.cls_optimizer == "adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=c.cls_lr)
-    else:
-        raise ValueError(f"cls_optimizer must be 'sgd' or 'adam', got {c.cls_optimizer!r}")
+    optimizer = classifier_optimizer(model, c)
     hparams = {"width": c.vgg_width, "pretrained": c.pretrained, "optimizer": c.cls_optimizer, "lr": c.cls_lr,
                "momentum": c.cls_momentum,
                "slice_size": c.slice_size}
