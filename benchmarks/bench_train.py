@@ -78,7 +78,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--profiles", nargs="+", default=["demo", "paper"])
-    parser.add_argument("--batch", type=int, default=0, help="override the profile's batch (e.g. 2 for the paper size on a CPU)")
+    parser.add_argument("--batch", type=int, default=0,
+                        help="override the profile's batch (default: the profile's; 2 for the paper size on a CPU)")
     args = parser.parse_args()
     device = pick_device(args.device)
     print(f"device: {device} ({torch.get_num_threads()} CPU threads)" if device.type == "cpu"
@@ -86,7 +87,8 @@ def main() -> None:
     rows = []
     for profile in args.profiles:
         for kind in ("classifier", "unet"):
-            rows.append(bench(kind, profile, device, args.steps, args.batch))
+            batch = args.batch or (2 if device.type == "cpu" and profile == "paper" else 0)
+            rows.append(bench(kind, profile, device, args.steps, batch))
             print(pd.DataFrame(rows).round(2).to_string(index=False), flush=True)
     print(f"paper scale: {PAPER_TRAIN_SLICES:,} training slices per epoch; peak memory is the process RSS on the CPU. "
           "Data loading: see data_wait_s vs train_s in history.csv of a real run.")
