@@ -37,6 +37,7 @@ class ToySlices(Dataset):
 
     def __init__(self, n: int, seed: int) -> None:
         self.x, self.label, self.mask = (torch.from_numpy(a) for a in _toy(n, seed))
+        self.labels = self.label.numpy()
 
     def __len__(self) -> int:
         return len(self.x)
@@ -86,14 +87,50 @@ def test_classifier_metrics_by_hand() -> None:
     assert math.isnan(train.classifier_metrics(np.zeros(3), np.array([0.1, 0.6, 0.2]))["auc"])
 
 
+def test_balanced_sampler_takes_every_minority_slice_and_as_many_others() -> None:
+    labels = np.array([1, 0, 0, 1, 0, 0, 0, 1, 0, 0], np.float32)
+    g = torch.Generator()
+    sampler = train.BalancedSampler(labels, g)
+    assert len(sampler) == 6
+
+    def draw(epoch: int) -> list[int]:
+        g.manual_seed(epoch)
+        return list(sampler)
+
+    seen_negatives = set()
+    for epoch in range(12):
+        order = draw(epoch)
+        assert len(order) == len(set(order)) == 6
+        assert sorted(i for i in order if labels[i]) == [0, 3, 7]
+        negatives = [i for i in order if not labels[i]]
+        assert len(negatives) == 3
+        seen_negatives.update(negatives)
+        assert order == draw(epoch)  # the epoch seed fixes the draw
+    assert seen_negatives == {1, 2, 4, 5, 6, 8, 9}  # fresh tumor-free slices across epochs
+    flipped = list(train.BalancedSampler(1 - labels, g))  # the minority class is kept whole either way
+    assert sorted(i for i in flipped if labels[i]) == [0, 3, 7] and len(flipped) == 6
+    with pytest.raises(ValueError, match="tumor and tumor-free slices, got 0 and 3"):
+        train.BalancedSampler(np.zeros(3), g)
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        train._loader(ToySlices(4, 0), 2, 0, torch.device("cpu"), g, "oversample")
+
+
+def test_balanced_fit_visits_twice_the_tumor_slices_and_guards_resume(tmp_path: Path) -> None:
+    _, hist = _fit(tmp_path, 1, sampling="balanced", n_train=12)
+    assert len(hist) == 1 and np.isfinite(hist["train_loss"]).all()
+    assert len(train._loader(ToySlices(12, 1), 4, 0, torch.device("cpu"), torch.Generator(), "balanced")) == 3  # 2·6 / 4
+    with pytest.raises(ValueError, match=r"differ in \['sampling'\]"):
+        _fit(tmp_path, 2, sampling="all", n_train=12)
+
+
 def _fit(out: Path, epochs: int, lr: float = 0.05, workers: int = 0, n_train: int = 16,
-         adam: bool = False) -> tuple[VGG16CAM, pd.DataFrame]:
+         adam: bool = False, sampling: str = "all") -> tuple[VGG16CAM, pd.DataFrame]:
     torch.manual_seed(0)
     model = VGG16CAM(width=1 / 16)
     opt = torch.optim.Adam(model.parameters(), lr=lr) if adam else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     hist = train.fit(model, opt, ToySlices(n_train, 1), ToySlices(16, 2), kind="classifier", out_dir=out, epochs=epochs,
                      batch=8 if adam else 4, pos_weight=7.7, seed=3, device=torch.device("cpu"), workers=workers,
-                     hparams={"lr": lr})
+                     sampling=sampling, hparams={"lr": lr})
     return model, hist
 
 

@@ -47,6 +47,8 @@ class Config:
     unet_epochs: int = _p(200, "Sec. 2.3.3: 200 epochs")
     unet_batch: int = _p(64, "Sec. 2.3.3: batch size 64")
     unet_lr: float = _p(5e-5, "Sec. 2.3.3: Adam lr 5e-5, betas (0.9, 0.999)")
+    unet_sampling: str = _p("all", "Sec. 2.3.2: trained on the image slices, all per epoch ('balanced' in the demo: "
+                                   "every tumor slice plus as many tumor-free ones, drawn afresh each epoch)")
     # --- run ---
     seed: int = _p(0, "global seed")
     device: str = _p("auto", "'auto' (CUDA when present), 'cpu' or 'cuda'")
@@ -69,14 +71,18 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "cls_lr": 1e-3,
     "cam_batch": 128,
     "unet_width": 1 / 8,
-    "unet_epochs": 6,
-    "unet_batch": 16,
-    "unet_lr": 1e-3,
+    "unet_epochs": 14,
+    "unet_batch": 8,
+    "unet_lr": 2e-3,
+    "unet_sampling": "balanced",
 }
 """Demo profile: smaller cohort, coarser grid, narrower nets, fewer epochs; same code paths (laptop CPU).
 
 Trained from scratch for a few epochs, SGD at 1e-2..2e-2 stays on the loss plateau (val AUC 0.5-0.68 after
-7 epochs); Adam 1e-3 reaches val AUC 0.86 in 6 epochs (2 min on 2 cores), hence cls_optimizer "adam" here."""
+7 epochs); Adam 1e-3 reaches val AUC 0.86 in 6 epochs (2 min on 2 cores), hence cls_optimizer "adam" here.
+The demo U-Net sees every tumor slice and as many tumor-free ones per epoch ("balanced"): on all slices (86 %
+tumor-free, 0.4 % lesion pixels even in tumor slices) it still predicted nothing (pooled val Dice 0) after 6
+epochs; balanced, batch 8, Adam 2e-3 it reaches pooled val Dice 0.46 after 11 epochs (15 s per epoch)."""
 
 PROFILES: dict[str, dict[str, Any]] = {"paper": {}, "demo": DEMO_OVERRIDES}
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from tqdm.auto import tqdm
 
 from .augment import augment, sample_params
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .slices import SliceStore
 
 KINDS = ("classifier", "unet")
+SAMPLINGS = ("all", "balanced")
 CHECKPOINT_VERSION = 1
 LOG_EVERY = 20
 """Steps between progress-bar loss updates (the only host sync in the training loop besides the epoch end)."""
@@ -118,10 +119,41 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, kind: str, pos_weight: 
     return metrics
 
 
+class BalancedSampler(Sampler[int]):
+    """Every tumor slice plus as many tumor-free slices, the latter drawn afresh each epoch, in shuffled order."""
+
+    def __init__(self, labels: np.ndarray, generator: torch.Generator) -> None:
+        labels = np.asarray(labels) > 0
+        self.pos = torch.from_numpy(np.flatnonzero(labels))
+        self.neg = torch.from_numpy(np.flatnonzero(~labels))
+        if not len(self.pos) or not len(self.neg):
+            raise ValueError(f"balanced sampling needs tumor and tumor-free slices, got {len(self.pos)} and "
+                             f"{len(self.neg)}")
+        self.n = min(len(self.pos), len(self.neg))
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return 2 * self.n
+
+    def __iter__(self):
+        g = self.generator
+        pos = self.pos[torch.randperm(len(self.pos), generator=g)[:self.n]]
+        neg = self.neg[torch.randperm(len(self.neg), generator=g)[:self.n]]
+        both = torch.cat([pos, neg])
+        return iter(both[torch.randperm(len(both), generator=g)].tolist())
+
+
 def _loader(dataset: Dataset, batch: int, workers: int, device: torch.device,
-            generator: torch.Generator | None = None) -> DataLoader:
-    """A DataLoader streaming from the slice store (shuffled with `generator` when given)."""
-    sampler = RandomSampler(dataset, generator=generator) if generator is not None else None
+            generator: torch.Generator | None = None, sampling: str = "all") -> DataLoader:
+    """A DataLoader streaming from the slice store (shuffled with `generator` when given; `sampling` as in `fit`)."""
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    if generator is None:
+        sampler = None
+    elif sampling == "balanced":
+        sampler = BalancedSampler(dataset.labels, generator)
+    else:
+        sampler = RandomSampler(dataset, generator=generator)
     # the generator drives only the sampler: the DataLoader draws worker base seeds from it once per fresh
     # iterator (not per epoch with persistent workers), which would make a resumed epoch shuffle differently
     return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers,
@@ -130,9 +162,12 @@ def _loader(dataset: Dataset, batch: int, workers: int, device: torch.device,
 
 def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset, val_set: Dataset, *,
         kind: str, out_dir: Path, epochs: int, batch: int, pos_weight: float, seed: int,
-        device: torch.device, workers: int = 0, engine: str = "torch", hparams: dict[str, Any] | None = None,
-        resume: bool = True) -> pd.DataFrame:
+        device: torch.device, workers: int = 0, engine: str = "torch", sampling: str = "all",
+        hparams: dict[str, Any] | None = None, resume: bool = True) -> pd.DataFrame:
     """Train with augmentation; per epoch validate, write last.pt (atomic), best.pt and history.csv; resume from last.pt.
+
+    An epoch visits every training slice (`sampling="all"`), or every tumor slice plus as many tumor-free ones
+    drawn afresh per epoch (`"balanced"`, `BalancedSampler`); validation always uses every validation slice.
 
     Best = highest validation AUC (classifier) or pooled Dice (U-Net). Shuffling and augmentation are seeded per
     epoch, so a resumed run ends with the same weights as an uninterrupted one (notebooks 02, 05).
@@ -142,7 +177,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     hparams = {**(hparams or {}), "kind": kind, "batch": batch, "pos_weight": pos_weight, "seed": seed,
-               "engine": engine}
+               "engine": engine, "sampling": sampling}
     select = "val_auc" if kind == "classifier" else "val_dice"
     model.to(device, memory_format=torch.channels_last)
     if device.type == "cuda":
@@ -161,7 +196,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
         optimizer.load_state_dict(state["optimizer"])
         start, history, best = state["epoch"], state["history"], state["best"]
     generator = torch.Generator()
-    train_loader = _loader(train_set, batch, workers, device, generator)
+    train_loader = _loader(train_set, batch, workers, device, generator, sampling)
     val_loader = _loader(val_set, batch, workers, device)
     for epoch in range(start, epochs):
         generator.manual_seed(_epoch_seed(seed, epoch))
@@ -237,7 +272,7 @@ def train_classifier(run: Run, resume: bool = True) -> pd.DataFrame:
 
 
 def train_unet(run: Run, resume: bool = True) -> pd.DataFrame:
-    """The U-Net baseline with Adam (lr from the config, betas 0.9/0.999), weighted CE; writes run_dir/unet/ (notebook 05)."""
+    """The U-Net baseline with Adam (lr from the config, betas 0.9/0.999), weighted CE, `unet_sampling`; writes run_dir/unet/ (notebook 05)."""
     c = run.config
     torch.manual_seed(c.seed)
     model = UNet(c.unet_width)
@@ -245,7 +280,7 @@ def train_unet(run: Run, resume: bool = True) -> pd.DataFrame:
     hparams = {"width": c.unet_width, "lr": c.unet_lr, "slice_size": c.slice_size}
     return fit(model, optimizer, *_datasets(run), kind="unet", out_dir=run.dir / "unet", epochs=c.unet_epochs,
                batch=c.unet_batch, pos_weight=c.pos_weight, seed=c.seed, device=run.device, workers=c.workers,
-               engine=c.augment_engine, hparams=hparams, resume=resume)
+               engine=c.augment_engine, sampling=c.unet_sampling, hparams=hparams, resume=resume)
 
 
 def load_classifier(run: Run, checkpoint: str = "best") -> VGG16CAM:
