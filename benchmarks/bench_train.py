@@ -45,7 +45,8 @@ def bench(kind: str, profile: str, device: torch.device, steps: int, batch_overr
     def train_step() -> None:
         xa, ma = augment(x, mask, sample_params(batch, gen), cfg.augment_engine)
         out = _forward(model, xa, device)
-        loss = weighted_ce(out, label if kind == "classifier" else ma[:, None].float(), cfg.pos_weight)
+        loss = weighted_ce(out, label if kind == "classifier" else ma[:, None].float(),
+                           cfg.cls_pos_weight if kind == "classifier" else cfg.unet_pos_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

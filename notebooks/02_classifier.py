@@ -133,7 +133,15 @@ tplots.augmentation_examples(x.numpy(), mask.numpy(), x_t.numpy(), mask_t.numpy(
 #
 # $$ L = \frac{\sum_i w_i\,\big[-y_i \log p_i - (1 - y_i)\log(1 - p_i)\big]}{\sum_i w_i}. $$
 #
-# The same formula, per pixel, trains the U-Net in notebook 05. A hand check:
+# The same formula, per pixel, trains the U-Net in notebook 05.
+#
+# The demo profile changes *which* slices an epoch visits instead (`cls_sampling = "balanced"`): every tumor
+# slice plus as many tumor-free slices, drawn afresh each epoch. The classes are then even, so the weight is
+# 1 there (`cls_pos_weight`). An epoch is about 3.4× shorter, so a wider network trains more epochs in the same
+# time; on the demo cohort that doubled how often the map's peak falls on a lesion (pointing 0.15 → 0.31,
+# measured on the validation tumor slices, same wall time) at a higher validation AUC.
+#
+# A hand check of the loss:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -144,15 +152,15 @@ print(f"by hand {by_hand:.6f}, package {float(train.weighted_ce(z, y, 7.7)):.6f}
 # %% [markdown]
 # ## 5. Training
 #
-# SGD with momentum (paper: lr $10^{-3}$, momentum 0.9, batch 64, 50 epochs; the demo uses fewer epochs and
-# a larger rate, see the configuration). Slices stream from the store through a `DataLoader` with worker
+# The paper trains with SGD (lr $10^{-3}$, momentum 0.9, batch 64, 50 epochs). The demo trains a narrower
+# network from scratch, with Adam, balanced sampling and fewer epochs (see the configuration). Slices stream from the store through a `DataLoader` with worker
 # processes; each epoch is validated, `last.pt` is written after every epoch (resumable: shuffling and
 # augmentation are seeded per epoch, so an interrupted run resumes to the same weights) and `best.pt` keeps the
 # epoch with the best validation ROC AUC.
 
 # %%
 pd.DataFrame([(k, getattr(cfg, k)) for k in ("vgg_width", "pretrained", "cls_epochs", "cls_batch", "cls_lr",
-                                            "cls_momentum", "pos_weight", "augment_engine", "workers")],
+                                            "cls_momentum", "cls_optimizer", "cls_pos_weight", "cls_sampling", "augment_engine", "workers")],
              columns=["setting", "value"])
 
 # %%
@@ -232,8 +240,9 @@ print(f"best epoch {int(best['epoch'])}: validation AUC {best['val_auc']:.3f}, b
 # The weighted mean is an ordinary cross entropy with effective tumor fraction $f_w = wf / (wf + 1 - f)$; the
 # best constant is $p = f_w$ and the loss is the entropy $-f_w\log f_w - (1-f_w)\log(1-f_w)$.
 # ```python
-# f = store.index.loc[store.index["split"] == "train", "label"].mean()
-# fw = 7.7 * f / (7.7 * f + 1 - f)
+# f = 0.5 if cfg.cls_sampling == "balanced" else store.index.loc[store.index["split"] == "train", "label"].mean()
+# w = cfg.cls_pos_weight
+# fw = w * f / (w * f + 1 - f)
 # print(fw, -(fw * np.log(fw) + (1 - fw) * np.log(1 - fw)), history["train_loss"].iloc[0])
 # ```
 # A training loss that stays at this value means the network only learned the class prior.

@@ -30,7 +30,8 @@ def test_environment_yml_lists_the_same_packages_as_pyproject() -> None:
 
 def test_profiles_resolve_with_typed_overrides() -> None:
     paper = get_config("paper")
-    assert (paper.spacing_mm, paper.slice_size, paper.cls_batch, paper.pos_weight) == ((3.0, 2.0, 2.0), 256, 64, 7.7)
+    assert (paper.spacing_mm, paper.slice_size, paper.cls_batch, paper.cls_pos_weight, paper.unet_pos_weight) == (
+        (3.0, 2.0, 2.0), 256, 64, 7.7, 7.7)
     assert len(paper.t_grid) == 10 and len(paper.q_grid) == 20
     assert paper.t_grid[0] == pytest.approx(0.1) and paper.q_grid[-1] == pytest.approx(50.0)
     demo = get_config("demo", cls_epochs="3", spacing_mm="6,4,4", pretrained="none")

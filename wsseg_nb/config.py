@@ -34,7 +34,10 @@ class Config:
     cls_optimizer: str = _p("sgd", "Sec. 2.3.3: SGD with momentum ('adam' in the demo: from scratch, few epochs)")
     cls_lr: float = _p(1e-3, "Sec. 2.3.3: SGD learning rate 1e-3")
     cls_momentum: float = _p(0.9, "Sec. 2.3.3: SGD momentum 0.9")
-    pos_weight: float = _p(7.7, "Sec. 2.3.3: weighted cross entropy, w = 7.7 for the tumor class")
+    cls_pos_weight: float = _p(7.7, "Sec. 2.3.3: weighted cross entropy, w = 7.7 for the tumor class (1 in the "
+                                    "demo: balanced sampling already evens the classes)")
+    cls_sampling: str = _p("all", "Sec. 2.3.3: all training slices per epoch ('balanced' in the demo: every tumor "
+                                  "slice plus as many tumor-free ones, drawn afresh each epoch)")
     augment_engine: str = _p("torch", "Sec. 2.3.3 augmentation; 'imgaug' as the authors, 'torch' batched")
     # --- CAM and Algorithm 1 (Sec. 2.2.1) ---
     cam_methods: tuple[str, ...] = _p(("cam", "gradcam", "gradcampp", "scorecam"), "Sec. 2.2.1: the four methods")
@@ -47,8 +50,9 @@ class Config:
     unet_epochs: int = _p(200, "Sec. 2.3.3: 200 epochs")
     unet_batch: int = _p(64, "Sec. 2.3.3: batch size 64")
     unet_lr: float = _p(5e-5, "Sec. 2.3.3: Adam lr 5e-5, betas (0.9, 0.999)")
-    unet_sampling: str = _p("all", "Sec. 2.3.2: trained on the image slices, all per epoch ('balanced' in the demo: "
-                                   "every tumor slice plus as many tumor-free ones, drawn afresh each epoch)")
+    unet_pos_weight: float = _p(7.7, "Sec. 2.3.3: weighted cross entropy, w = 7.7 for lesion pixels")
+    unet_sampling: str = _p("all", "Sec. 2.3.2: trained on the image slices, all per epoch ('balanced' in the demo, "
+                                   "as cls_sampling)")
     # --- run ---
     seed: int = _p(0, "global seed")
     device: str = _p("auto", "'auto' (CUDA when present), 'cpu' or 'cuda'")
@@ -63,12 +67,14 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "subset": "demo",
     "spacing_mm": (6.0, 4.0, 4.0),
     "slice_size": 128,
-    "vgg_width": 1 / 16,
+    "vgg_width": 1 / 8,
     "pretrained": "none",
     "cls_optimizer": "adam",
-    "cls_epochs": 10,
+    "cls_epochs": 15,
     "cls_batch": 32,
     "cls_lr": 1e-3,
+    "cls_pos_weight": 1.0,
+    "cls_sampling": "balanced",
     "cam_batch": 128,
     "unet_width": 1 / 8,
     "unet_epochs": 14,
@@ -80,6 +86,9 @@ DEMO_OVERRIDES: dict[str, Any] = {
 
 Trained from scratch for a few epochs, SGD at 1e-2..2e-2 stays on the loss plateau (val AUC 0.5-0.68 after
 7 epochs); Adam 1e-3 reaches val AUC 0.86 in 6 epochs (2 min on 2 cores), hence cls_optimizer "adam" here.
+Balanced sampling makes an epoch 3.4x shorter. In the same 4.5 min, width 1/8 on all slices (w = 7.7, 6 epochs)
+reached val AUC 0.79 and its CAM peak fell on a lesion in 15 % of the validation tumor slices; balanced (w = 1,
+15 epochs) reached AUC 0.90 and 31 %. Adam 5e-4 instead of 1e-3: AUC 0.82, 18 %.
 The demo U-Net sees every tumor slice and as many tumor-free ones per epoch ("balanced"): on all slices (86 %
 tumor-free, 0.4 % lesion pixels even in tumor slices) it still predicted nothing (pooled val Dice 0) after 6
 epochs; balanced, batch 8, Adam 2e-3 it reaches pooled val Dice 0.46 after 11 epochs (15 s per epoch)."""

@@ -267,8 +267,9 @@ def train_classifier(run: Run, resume: bool = True) -> pd.DataFrame:
                "momentum": c.cls_momentum,
                "slice_size": c.slice_size}
     return fit(model, optimizer, *_datasets(run), kind="classifier", out_dir=run.dir / "classifier",
-               epochs=c.cls_epochs, batch=c.cls_batch, pos_weight=c.pos_weight, seed=c.seed, device=run.device,
-               workers=c.workers, engine=c.augment_engine, hparams=hparams, resume=resume)
+               epochs=c.cls_epochs, batch=c.cls_batch, pos_weight=c.cls_pos_weight, seed=c.seed,
+               device=run.device, workers=c.workers, engine=c.augment_engine, sampling=c.cls_sampling,
+               hparams=hparams, resume=resume)
 
 
 def train_unet(run: Run, resume: bool = True) -> pd.DataFrame:
@@ -279,7 +280,7 @@ def train_unet(run: Run, resume: bool = True) -> pd.DataFrame:
     optimizer = torch.optim.Adam(model.parameters(), lr=c.unet_lr, betas=(0.9, 0.999))
     hparams = {"width": c.unet_width, "lr": c.unet_lr, "slice_size": c.slice_size}
     return fit(model, optimizer, *_datasets(run), kind="unet", out_dir=run.dir / "unet", epochs=c.unet_epochs,
-               batch=c.unet_batch, pos_weight=c.pos_weight, seed=c.seed, device=run.device, workers=c.workers,
+               batch=c.unet_batch, pos_weight=c.unet_pos_weight, seed=c.seed, device=run.device, workers=c.workers,
                engine=c.augment_engine, sampling=c.unet_sampling, hparams=hparams, resume=resume)
 
 
