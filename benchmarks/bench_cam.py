@@ -17,9 +17,11 @@ import torch
 from torch import nn
 
 from wsseg_nb import cam
+from wsseg_nb.config import get_config
 from wsseg_nb.models import VGG16CAM
 
-SIZES = {"demo": (128, 1 / 16), "paper": (256, 1.0)}
+SIZES = {name: (get_config(name).slice_size, get_config(name).vgg_width) for name in ("demo", "paper")}
+"""Slice size and network width of each profile."""
 METHODS = ("cam", "gradcam", "gradcampp", "scorecam", "layercam")
 N_SCORECAM = 8
 """ScoreCAM runs K masked forwards per slice: timed on the first few slices only."""

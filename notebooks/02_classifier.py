@@ -137,7 +137,7 @@ tplots.augmentation_examples(x.numpy(), mask.numpy(), x_t.numpy(), mask_t.numpy(
 #
 # The demo profile changes *which* slices an epoch visits instead (`cls_sampling = "balanced"`): every tumor
 # slice plus as many tumor-free slices, drawn afresh each epoch. The classes are then even, so the weight is
-# 1 there (`cls_pos_weight`). An epoch is about 3.4× shorter, so a wider network trains more epochs in the same
+# 1 there (`cls_pos_weight`). An epoch is about 3.5× shorter, so a wider network trains more epochs in the same
 # time; on the demo cohort that doubled how often the map's peak falls on a lesion (pointing 0.15 → 0.31,
 # measured on the validation tumor slices, same wall time) at a higher validation AUC.
 #

@@ -86,7 +86,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
 
 Trained from scratch for a few epochs, SGD at 1e-2..2e-2 stays on the loss plateau (val AUC 0.5-0.68 after
 7 epochs); Adam 1e-3 reaches val AUC 0.86 in 6 epochs (2 min on 2 cores), hence cls_optimizer "adam" here.
-Balanced sampling makes an epoch 3.4x shorter. In the same 4.5 min, width 1/8 on all slices (w = 7.7, 6 epochs)
+Balanced sampling makes an epoch 3.5x shorter. In the same 4.5 min, width 1/8 on all slices (w = 7.7, 6 epochs)
 reached val AUC 0.79 and its CAM peak fell on a lesion in 15 % of the validation tumor slices; balanced (w = 1,
 15 epochs) reached AUC 0.90 (at epoch 11, hence 12 epochs here) and 31 %. Adam 5e-4 instead of 1e-3: AUC 0.82, 18 %.
 The demo U-Net sees every tumor slice and as many tumor-free ones per epoch ("balanced"): on all slices (86 %
