@@ -44,6 +44,13 @@ def test_bad_overrides_are_rejected(bad: dict) -> None:
         get_config("demo", **bad)
 
 
+@pytest.mark.parametrize("key", ["cls_sampling", "unet_sampling", "cls_optimizer", "pretrained", "augment_engine",
+                                 "subset"])
+def test_string_settings_outside_their_choices_are_rejected_by_name(key: str) -> None:
+    with pytest.raises(ValueError, match=rf"config {key}='bogus' is not one of \("):
+        get_config("paper", **{key: "bogus"})
+
+
 def test_unknown_profile_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown profile"):
         get_config("huge")

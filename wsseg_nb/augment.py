@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .config import CHOICES
 from .models import HU_CLIP, SUV_CLIP
 
 SCALE = (0.85, 1.15)
@@ -20,7 +21,7 @@ ROTATE_DEG = (-10.0, 10.0)
 TRANSLATE = (-0.1, 0.1)
 GAMMA = (0.7, 1.7)
 AIR_HU = HU_CLIP[0]
-ENGINES = ("torch", "imgaug")
+ENGINES = CHOICES["augment_engine"]
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,17 @@ epochs; balanced, batch 8, Adam 2e-3 it reaches pooled val Dice 0.46 after 11 ep
 
 PROFILES: dict[str, dict[str, Any]] = {"paper": {}, "demo": DEMO_OVERRIDES}
 
+SAMPLINGS = ("all", "balanced")
+CHOICES: dict[str, tuple[str, ...]] = {
+    "subset": ("all", "demo"),
+    "pretrained": ("none", "auto", "true"),
+    "cls_optimizer": ("sgd", "adam"),
+    "cls_sampling": SAMPLINGS,
+    "unet_sampling": SAMPLINGS,
+    "augment_engine": ("torch", "imgaug"),
+}
+"""The allowed values of the config's string settings, checked when the config is built."""
+
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
     """Convert a string override (CLI / papermill) to the type of the field's default."""
@@ -118,6 +129,9 @@ def get_config(profile: str = "demo", **overrides: Any) -> Config:
     if unknown:
         raise ValueError(f"unknown config key(s) {unknown}; valid keys: {sorted(defaults)}")
     values = {**PROFILES[profile], **{k: _coerce(k, v, defaults[k]) for k, v in overrides.items()}}
+    for key, allowed in CHOICES.items():
+        if values.get(key, defaults[key]) not in allowed:
+            raise ValueError(f"config {key}={values[key]!r} is not one of {allowed}")
     return Config(**values)
 
 

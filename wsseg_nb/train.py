@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from tqdm.auto import tqdm
 
 from .augment import augment, sample_params
+from .config import SAMPLINGS
 from .models import UNet, VGG16CAM
 
 if TYPE_CHECKING:
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
     from .slices import SliceStore
 
 KINDS = ("classifier", "unet")
-SAMPLINGS = ("all", "balanced")
 CHECKPOINT_VERSION = 1
 LOG_EVERY = 20
 """Steps between progress-bar loss updates (the only host sync in the training loop besides the epoch end)."""
