@@ -134,10 +134,11 @@ def _fit(out: Path, epochs: int, lr: float = 0.05, workers: int = 0, n_train: in
     return model, hist
 
 
-def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
-    _fit(tmp_path / "a", 2, workers=1)  # a worker process: persistent workers across epochs
-    resumed, hist_a = _fit(tmp_path / "a", 4, workers=1)
-    straight, hist_b = _fit(tmp_path / "b", 4, workers=1)
+@pytest.mark.parametrize("sampling", ["all", "balanced"])
+def test_resume_equals_uninterrupted(tmp_path: Path, sampling: str) -> None:
+    _fit(tmp_path / "a", 2, workers=1, sampling=sampling)  # a worker process: persistent workers across epochs
+    resumed, hist_a = _fit(tmp_path / "a", 4, workers=1, sampling=sampling)
+    straight, hist_b = _fit(tmp_path / "b", 4, workers=1, sampling=sampling)
     for (name, p), q in zip(resumed.state_dict().items(), straight.state_dict().values()):
         assert torch.equal(p, q), name
     cols = ["epoch", "train_loss", "val_loss", "val_auc"]
@@ -148,7 +149,7 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
     assert best["metrics"]["val_auc"] == hist_a["val_auc"].max()
     assert not list((tmp_path / "a").glob("*.tmp"))
     with pytest.raises(ValueError, match=r"differ in \['lr'\]"):
-        _fit(tmp_path / "a", 5, lr=0.01)
+        _fit(tmp_path / "a", 5, lr=0.01, sampling=sampling)
 
 
 def test_classifier_learns_a_separable_toy_set(tmp_path: Path) -> None:
