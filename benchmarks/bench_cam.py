@@ -19,6 +19,7 @@ from torch import nn
 from wsseg_nb import cam
 from wsseg_nb.config import get_config
 from wsseg_nb.models import VGG16CAM
+from wsseg_nb.train import _load
 
 SIZES = {name: (get_config(name).slice_size, get_config(name).vgg_width) for name in ("demo", "paper")}
 """Slice size and network width of each profile."""
@@ -125,8 +126,7 @@ def model_for(run_dir: Path, width: float) -> tuple[VGG16CAM, str]:
     net = VGG16CAM(width, "none")
     checkpoint = run_dir / "classifier" / "best.pt"
     if width == SIZES["demo"][1] and checkpoint.exists():
-        net.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["model"])
-        return net.eval(), "trained (runs/demo)"
+        return _load(net, checkpoint, torch.device("cpu")), "trained (runs/demo)"
     return net.eval(), "random init"
 
 

@@ -13,7 +13,7 @@ from wsseg_nb.augment import augment, sample_params
 from wsseg_nb.config import get_config
 from wsseg_nb.models import UNet, VGG16CAM
 from wsseg_nb.runs import pick_device
-from wsseg_nb.train import _forward, classifier_optimizer, weighted_ce
+from wsseg_nb.train import _forward, _target, classifier_optimizer, unet_optimizer, weighted_ce
 
 PAPER_TRAIN_SLICES = int(453 * 330 * 0.6)
 """Paper scale: 453 studies x ~330 slices (2x2x3 mm) x 60% training."""
@@ -33,7 +33,7 @@ def bench(kind: str, profile: str, device: torch.device, steps: int, batch_overr
         opt = classifier_optimizer(model, cfg)
     else:
         model, batch = UNet(cfg.unet_width), cfg.unet_batch
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.unet_lr)
+        opt = unet_optimizer(model, cfg)
     batch = batch_override or batch
     model.to(device, memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(0)
@@ -45,8 +45,7 @@ def bench(kind: str, profile: str, device: torch.device, steps: int, batch_overr
     def train_step() -> None:
         xa, ma = augment(x, mask, sample_params(batch, gen), cfg.augment_engine)
         out = _forward(model, xa, device)
-        loss = weighted_ce(out, label if kind == "classifier" else ma[:, None].float(),
-                           cfg.cls_pos_weight if kind == "classifier" else cfg.unet_pos_weight)
+        loss = weighted_ce(out, _target(kind, label, ma), cfg.cls_pos_weight if kind == "classifier" else cfg.unet_pos_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -28,11 +28,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="override one config value (repeatable), e.g. -p cls_epochs=2")
 
 
-def _config(args: argparse.Namespace):
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The -p KEY=VALUE overrides, plus --manifest as an absolute path."""
     overrides = parse_overrides(args.params)
     if args.manifest:
         overrides["manifest"] = str(Path(args.manifest).resolve())
-    return get_config(args.profile, **overrides), overrides
+    return overrides
+
+
+def _config(args: argparse.Namespace):
+    return get_config(args.profile, **_overrides(args))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -40,9 +45,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .chain import ChainError, run_chain
     from .report import results_text
 
-    _, overrides = _config(args)
     try:
-        timings = run_chain(args.profile, args.run_dir, overrides, only=args.only, export=args.export_notebooks)
+        timings = run_chain(args.profile, args.run_dir, _overrides(args), only=args.only, export=args.export_notebooks)
     except ChainError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -58,7 +62,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from .manifest import load_manifest
     from .phantom import generate_cohort
 
-    config, _ = _config(args)
+    config = _config(args)
     studies = load_manifest(resolve_path(config.manifest), subset=config.subset, check_files=False)
     generate_cohort(studies, workers=args.workers or config.workers)
     return 0
@@ -69,7 +73,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from .manifest import load_manifest
     from .slices import preprocess_cohort
 
-    config, _ = _config(args)
+    config = _config(args)
     studies = load_manifest(resolve_path(config.manifest), subset=config.subset)
     store = preprocess_cohort(studies, args.out, spacing_mm=config.spacing_mm, slice_size=config.slice_size,
                               split_fractions=config.split_fractions, seed=config.seed,

@@ -15,6 +15,9 @@ from scipy import ndimage
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .runs import write_csv_atomic
+from .segment import upscale_nearest
+
 METHODS = ("cam", "gradcam", "gradcampp", "scorecam", "layercam", "layercam_fused")
 GRADIENT_METHODS = ("gradcam", "gradcampp", "layercam", "layercam_fused")
 
@@ -252,9 +255,7 @@ def save_cams(directory: str | os.PathLike[str], index: pd.DataFrame, cams: dict
         if len(maps) != len(index):
             raise ValueError(f"cams[{method!r}] has {len(maps)} maps but index.csv has {len(index)} rows")
         _save_npy_atomic(directory / f"{method}.npy", maps.astype(np.float16, copy=False))
-    tmp = directory / "index.csv.tmp"
-    index.to_csv(tmp, index=False)
-    os.replace(tmp, directory / "index.csv")
+    write_csv_atomic(directory / "index.csv", index)
 
 
 
@@ -285,7 +286,5 @@ def lesion_peaks(masks: np.ndarray, maps: dict[str, np.ndarray]) -> pd.DataFrame
     out = pd.DataFrame({"row": ndimage.maximum(rows, labels, ids).astype(np.int64),
                         "voxels": ndimage.sum_labels(masks, labels, ids).astype(np.int64)})
     for method, m in maps.items():
-        factor = masks.shape[-1] // m.shape[-1]
-        up = np.asarray(m, dtype=np.float32).repeat(factor, axis=1).repeat(factor, axis=2)
-        out[method] = ndimage.maximum(up, labels, ids)
+        out[method] = ndimage.maximum(upscale_nearest(np.asarray(m, dtype=np.float32), masks.shape[-1]), labels, ids)
     return out

@@ -107,7 +107,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 """The allowed values of the config's string settings, checked when the config is built."""
 
 
-def _coerce(name: str, value: Any, default: Any) -> Any:
+def _coerce(value: Any, default: Any) -> Any:
     """Convert a string override (CLI / papermill) to the type of the field's default."""
     if not isinstance(value, str) or isinstance(default, str):
         return tuple(value) if isinstance(default, tuple) and isinstance(value, list) else value
@@ -128,10 +128,10 @@ def get_config(profile: str = "demo", **overrides: Any) -> Config:
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
         raise ValueError(f"unknown config key(s) {unknown}; valid keys: {sorted(defaults)}")
-    values = {**PROFILES[profile], **{k: _coerce(k, v, defaults[k]) for k, v in overrides.items()}}
+    values = {**PROFILES[profile], **{k: _coerce(v, defaults[k]) for k, v in overrides.items()}}
     for key, allowed in CHOICES.items():
         if values.get(key, defaults[key]) not in allowed:
-            raise ValueError(f"config {key}={values[key]!r} is not one of {allowed}")
+            raise ValueError(f"config {key}={values.get(key, defaults[key])!r} is not one of {allowed}")
     return Config(**values)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import metrics
+from .runs import write_csv_atomic
 from .segment import PAPER_PARAMS
 
 METHODS = ("cam", "gradcam", "gradcampp", "scorecam", "threshold", "unet")
@@ -20,7 +21,7 @@ METHODS = ("cam", "gradcam", "gradcampp", "scorecam", "threshold", "unet")
 WEAKLY_SUPERVISED = ("cam", "gradcam", "gradcampp", "scorecam")
 """Methods trained on slice labels only (blue in Fig. 5); the others are the baselines (red)."""
 DISPLAY = {"cam": "CAM", "gradcam": "GradCAM", "gradcampp": "GradCAM++", "scorecam": "ScoreCAM",
-           "threshold": "Threshold", "unet": "U-Net"}
+           "threshold": "Threshold", "unet": "U-Net", "layercam": "LayerCAM", "layercam_fused": "LayerCAM fused"}
 """Method names as the paper prints them."""
 
 PAPER = pd.DataFrame(
@@ -54,16 +55,6 @@ PAPER_N_TEST = 90
 def _run_dir(run: Any) -> Path:
     """The directory of a runs.Run or a path."""
     return Path(run.dir if hasattr(run, "dir") else run)
-
-
-def save_table(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Write a CSV to a temporary name, then rename (notebook 06)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
-    return path
 
 
 def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 80) -> Path:
@@ -102,17 +93,22 @@ def load_mask(run: Any, method: str, study_id: str, shape: tuple[int, ...]) -> n
     return mask.astype(bool, copy=False)
 
 
-def evaluate_run(run: Any, split: str = "test", methods: Sequence[str] = METHODS) -> pd.DataFrame:
-    """Per-study metrics of every method on one split: one row per (study, method) (notebook 06)."""
+def _split_masks(run: Any, split: str, methods: Sequence[str], desc: str) -> Iterator[tuple[str, str, Any, dict[str, np.ndarray]]]:
+    """(study_id, diagnosis, store study, {method: mask}) for each study of a split, with a progress bar."""
     from .slices import SliceStore
 
     run_dir = _run_dir(run)
     store = SliceStore(run_dir / "store")
     studies = split_studies(store, split)
-    frames = []
-    for study_id, diagnosis in tqdm(studies.itertuples(index=False), desc=f"evaluate {split}", total=len(studies)):
+    for study_id, diagnosis in tqdm(studies.itertuples(index=False), desc=desc, total=len(studies)):
         study = store.study(study_id)
-        preds = {m: load_mask(run_dir, m, study_id, study.mask.shape) for m in methods}
+        yield study_id, diagnosis, study, {m: load_mask(run_dir, m, study_id, study.mask.shape) for m in methods}
+
+
+def evaluate_run(run: Any, split: str = "test", methods: Sequence[str] = METHODS) -> pd.DataFrame:
+    """Per-study metrics of every method on one split: one row per (study, method) (notebook 06)."""
+    frames = []
+    for study_id, diagnosis, study, preds in _split_masks(run, split, methods, f"evaluate {split}"):
         frame = metrics.per_study_metrics(study_id, study.suv, study.mask, preds, study.meta["spacing_mm"])
         frame.insert(1, "diagnosis", diagnosis)
         frames.append(frame)
@@ -266,33 +262,29 @@ def print_results(run: Any) -> None:
     print(text if text is not None else f"no results yet: {_run_dir(run) / 'results' / 'comparison.csv'} is missing")
 
 
-def write_tables(run: Any, per_study: pd.DataFrame, split: str = "test") -> dict[str, Path]:
+def write_tables(run: Any, per_study: pd.DataFrame) -> dict[str, Path]:
     """Compute and write per_study, summary, icc, wilcoxon, diagnosis and comparison CSVs to results/ (notebook 06)."""
     out = _run_dir(run) / "results"
     summary, icc = summary_table(per_study), icc_table(per_study)
     tables = {"per_study": per_study, "summary": summary, "icc": icc, "wilcoxon": wilcoxon_table(per_study),
               "diagnosis": diagnosis_table(per_study),
               "comparison": paper_comparison(summary, icc, read_thresholds(run))}
-    return {name: save_table(df, out / f"{name}.csv") for name, df in tables.items()}
+    return {name: write_csv_atomic(out / f"{name}.csv", df) for name, df in tables.items()}
 
 
 def export_nifti_masks(run: Any, methods: Sequence[str] = METHODS, split: str = "test",
                        images: bool = True) -> list[Path]:
     """results/nifti/<method>/<study>.nii.gz (+ truth; CT, SUV if images) on the store grid and affine (notebook 06)."""
-    from .slices import SliceStore
     from .volume import save_nifti
 
-    run_dir = _run_dir(run)
-    store = SliceStore(run_dir / "store")
-    out = run_dir / "results" / "nifti"
+    out = _run_dir(run) / "results" / "nifti"
     written = []
-    for study_id in tqdm(split_studies(store, split)["study_id"], desc="export NIfTI"):
-        study = store.study(study_id)
+    for study_id, _, study, preds in _split_masks(run, split, methods, "export NIfTI"):
         affine = np.asarray(study.meta["affine"], dtype=np.float64)
         volumes = {"truth": np.asarray(study.mask, dtype=np.uint8)}
         if images:
             volumes.update(ct=np.asarray(study.ct), suv=np.asarray(study.suv))
-        volumes.update({m: load_mask(run_dir, m, study_id, volumes["truth"].shape).astype(np.uint8) for m in methods})
+        volumes.update(preds)
         for name, volume in volumes.items():
             path = out / name / f"{study_id}.nii.gz"
             save_nifti(volume, affine, path)

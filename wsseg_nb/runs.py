@@ -76,6 +76,16 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
+def write_csv_atomic(path: str | os.PathLike[str], frame: Any) -> Path:
+    """Write a DataFrame as CSV (no index) to a temporary name, then rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    frame.to_csv(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
 @dataclass
 class Run:
     """One run directory with its resolved config and device."""

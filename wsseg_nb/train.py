@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from .augment import augment, sample_params
 from .config import SAMPLINGS
 from .models import UNet, VGG16CAM
+from .runs import write_csv_atomic
 
 if TYPE_CHECKING:
     from .config import Config
@@ -233,10 +234,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
         _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                       "history": history, "best": best, "hparams": hparams, "version": CHECKPOINT_VERSION},
                      last_path)
-        frame = pd.DataFrame(history)
-        tmp = out_dir / "history.csv.tmp"
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, out_dir / "history.csv")
+        write_csv_atomic(out_dir / "history.csv", pd.DataFrame(history))
     model.eval()
     return pd.DataFrame(history)
 
@@ -255,6 +253,11 @@ def classifier_optimizer(model: torch.nn.Module, c: Config) -> torch.optim.Optim
     if c.cls_optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=c.cls_lr)
     raise ValueError(f"cls_optimizer must be 'sgd' or 'adam', got {c.cls_optimizer!r}")
+
+
+def unet_optimizer(model: torch.nn.Module, c: Config) -> torch.optim.Optimizer:
+    """Adam with the config's lr and betas (0.9, 0.999), as the paper (Sec. 2.3.3)."""
+    return torch.optim.Adam(model.parameters(), lr=c.unet_lr, betas=(0.9, 0.999))
 
 
 def train_classifier(run: Run, resume: bool = True) -> pd.DataFrame:
@@ -277,7 +280,7 @@ def train_unet(run: Run, resume: bool = True) -> pd.DataFrame:
     c = run.config
     torch.manual_seed(c.seed)
     model = UNet(c.unet_width)
-    optimizer = torch.optim.Adam(model.parameters(), lr=c.unet_lr, betas=(0.9, 0.999))
+    optimizer = unet_optimizer(model, c)
     hparams = {"width": c.unet_width, "lr": c.unet_lr, "slice_size": c.slice_size}
     return fit(model, optimizer, *_datasets(run), kind="unet", out_dir=run.dir / "unet", epochs=c.unet_epochs,
                batch=c.unet_batch, pos_weight=c.unet_pos_weight, seed=c.seed, device=run.device, workers=c.workers,
@@ -364,8 +367,5 @@ def predict_unet_masks(model: UNet, store: SliceStore | str | os.PathLike[str], 
 def write_classifier_predictions(run: Run, model: VGG16CAM) -> pd.DataFrame:
     """predict_classifier on the val and test slices, written atomically to classifier/predictions.csv (notebook 02)."""
     frame = predict_classifier(model, run.store, ("val", "test"), run.config.cam_batch, run.device)
-    path = run.path("classifier", "predictions.csv")
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    write_csv_atomic(run.path("classifier", "predictions.csv"), frame)
     return frame

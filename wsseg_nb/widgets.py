@@ -16,10 +16,9 @@ from matplotlib.ticker import MaxNLocator
 
 from . import segment
 from .plots import segmentation as splots
+from .plots.images import CT_WINDOW
 from .report import DISPLAY
 
-CT_WINDOW = (-160.0, 240.0)
-"""Soft-tissue CT window (HU) under the PET."""
 REGION = (1.0, 0.6, 0.0, 0.45)
 """Colour of the CAM region H'."""
 
@@ -142,9 +141,9 @@ class Explorer:
             study_id = str(data.studies["lesion_voxels"].idxmax())
         self.params: dict[str, Any] = {"method": method, **self.tuned[method].params, "study_id": study_id,
                                        "z": self._default_slice(study_id)}
-        self.figure, self._art = _build(self.view())
-        _apply(self._art, self.view())
-        self._output = None
+        view = self.view()
+        self.figure, self._art = _build(view)
+        _apply(self._art, view)
 
     def _default_slice(self, study_id: str) -> int:
         """The study's slice with the largest lesion area (its first slice if it has none)."""

@@ -7,10 +7,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..report import DISPLAY
 from .segmentation import SUV_MAX, cam_image, outline_rgba, pet
 
-TITLES = {"cam": "CAM", "gradcam": "GradCAM", "gradcampp": "GradCAM++", "scorecam": "ScoreCAM",
-          "layercam": "LayerCAM", "layercam_fused": "LayerCAM fused"}
 
 
 def cam_panel(suv: np.ndarray, ct: np.ndarray, gt: np.ndarray, maps: Mapping[str, np.ndarray],
@@ -33,7 +32,7 @@ def cam_panel(suv: np.ndarray, ct: np.ndarray, gt: np.ndarray, maps: Mapping[str
             cam_image(ax, np.asarray(m[i], dtype=np.float32), s, cmap="jet", alpha=0.5, vmin=0, vmax=1)
             ax.imshow(outline_rgba(gt[i], (1.0, 1.0, 1.0, 1.0)), interpolation="nearest")
             if i == 0:
-                ax.set_title(TITLES.get(method, method), fontsize=9)
+                ax.set_title(DISPLAY.get(method, method), fontsize=9)
         axes[i, -1].imshow(ct[i], cmap="gray", vmin=-1000, vmax=1000, interpolation="nearest")
         axes[i, -1].set_axis_off()
     axes[0, 0].set_title("PET + truth", fontsize=9)

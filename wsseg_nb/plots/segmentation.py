@@ -12,13 +12,12 @@ from scipy import ndimage
 
 from .. import segment
 from ..report import DISPLAY
+from .images import SUV_MAX
 
 TP, FP, FN = (0.1, 0.8, 0.2, 0.85), (0.95, 0.2, 0.1, 0.85), (0.2, 0.5, 1.0, 0.85)
 """Overlay colours: true positive green, false positive red, missed ground truth blue."""
 OUTLINE = (1.0, 0.9, 0.0, 1.0)
 """Ground-truth outline colour."""
-SUV_MAX = 8.0
-"""Upper end of the PET colour scale (SUV)."""
 
 
 def outline_rgba(mask: np.ndarray, color: tuple[float, ...] = OUTLINE) -> np.ndarray:
