@@ -128,14 +128,13 @@ splots.dice_surfaces(tuned);
 # `paper val Dice` is our validation objective evaluated at the paper's $(t, q)$.
 
 # %%
-paper_counts = {m: segment.algorithm1_counts(val_cams[m], val.suv, val.gt, [segment.PAPER_PARAMS[m]["t"]],
-                                             [segment.PAPER_PARAMS[m]["q"]]) for m in methods}
-lesion = (val.gt_total > 0).to_numpy()
+paper_dice = {m: segment.tune_algorithm1(val_cams[m], val.suv, val.gt, val.rows["study_id"], val.gt_total,
+                                         [segment.PAPER_PARAMS[m]["t"]], [segment.PAPER_PARAMS[m]["q"]]).dice
+              for m in methods}
 table = pd.DataFrame({
     DISPLAY[m]: {"t (ours)": tuned[m].params["t"], "q (ours)": tuned[m].params["q"], "val Dice (ours)": tuned[m].dice,
                  "t (paper)": segment.PAPER_PARAMS[m]["t"], "q (paper)": segment.PAPER_PARAMS[m]["q"],
-                 "paper val Dice": float(np.median(segment.study_dice(*paper_counts[m], val.rows["study_id"],
-                                                                      val.gt_total)[lesion]))}
+                 "paper val Dice": paper_dice[m]}
     for m in methods}).T
 table.round(3)
 
@@ -155,12 +154,11 @@ runs.write_json_atomic(run.path("segment", "thresholds.json"),
 masks = {m: segment.segment_studies(data, cams[m], **tuned[m].params) for m in methods}
 for m in methods:
     segment.save_study_masks(run.dir, m, masks[m])
-voxel_ml = metrics.voxel_volume_ml(cfg.spacing_mm)
 print(f"wrote segment/<method>_dice.npy, segment/thresholds.json and masks/<method>/ for {len(data.studies)} "
       f"val+test studies")
 pd.DataFrame({DISPLAY[m]: {"val studies with lesions: median Dice": tuned[m].dice,
                            "val studies without lesions: median FP volume (ml)":
-                               float(np.median([masks[m][s].sum() * voxel_ml for s in lesion_free]))
+                               float(np.median([metrics.mtv_ml(masks[m][s], cfg.spacing_mm) for s in lesion_free]))
                                if len(lesion_free) else float("nan")}
               for m in methods}).T.round(3)
 
