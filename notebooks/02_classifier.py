@@ -198,7 +198,7 @@ groups = {"true positive": val[val["label"] == 1].nlargest(2, "prob"),
           "missed tumor": val[val["label"] == 1].nsmallest(2, "prob"),
           "false alarm": val[val["label"] == 0].nlargest(1, "prob")}
 shown = pd.concat(groups.values())
-rows = store.index.reset_index().merge(shown[["study_id", "slice"]], on=["study_id", "slice"])["index"]
+rows = shown[["study_id", "slice"]].merge(store.index.reset_index(), on=["study_id", "slice"], how="left")["index"]
 xs, ms = store.read(rows.to_numpy())
 tplots.slices_with_probability(xs, ms, shown["prob"].to_numpy(), shown["label"].to_numpy());
 

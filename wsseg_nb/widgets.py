@@ -214,7 +214,7 @@ class Explorer:
 
         def on_change(key: str, change: dict[str, Any]) -> None:
             if key == "study_id":
-                controls["z"].max = depth(change["new"])
+                controls["z"].max = depth(change["new"]) - 1
             self.update(**{key: change["new"]})
             for name, control in controls.items():  # a new method or study moves t, q and z too
                 control.unobserve(handlers[name], "value")
