@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 OUTPUT_TIMEOUT_S = 120
-"""nbval waits only 5 s for the kernel's output after a cell returns; a training cell's DataLoader workers
-can take longer than that to shut down on a loaded 2-core machine."""
+"""nbval waits only 5 s for the kernel's output after a cell returns; a loaded 2-core machine can take longer
+to send a cell's figures."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

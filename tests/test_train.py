@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from wsseg_nb import train
 from wsseg_nb.models import UNet, VGG16CAM
@@ -150,6 +152,25 @@ def test_resume_equals_uninterrupted(tmp_path: Path, sampling: str) -> None:
     assert not list((tmp_path / "a").glob("*.tmp"))
     with pytest.raises(ValueError, match=r"differ in \['lr'\]"):
         _fit(tmp_path / "a", 5, lr=0.01, sampling=sampling)
+
+
+class KeptBar(tqdm):
+    """A progress bar that outlives its loop, as tqdm.notebook's does (its widget holds it in a reference cycle)."""
+
+    kept: list[tqdm] = []
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        KeptBar.kept.append(self)
+
+
+def test_fit_stops_its_worker_processes_although_the_progress_bar_lives_on(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers left to the garbage collector were joined later on whatever thread it ran, stalling a notebook kernel."""
+    monkeypatch.setattr(train, "tqdm", KeptBar)
+    before = set(multiprocessing.active_children())
+    _fit(tmp_path, 2, workers=2)
+    assert KeptBar.kept and set(multiprocessing.active_children()) <= before
 
 
 def test_classifier_learns_a_separable_toy_set(tmp_path: Path) -> None:

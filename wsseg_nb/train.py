@@ -205,9 +205,11 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
         model.train()
         t0 = time.perf_counter()
         loss_sum, steps, wait = torch.zeros((), device=device), 0, 0.0
-        bar = tqdm(train_loader, desc=f"{kind} epoch {epoch + 1}/{epochs}", leave=False)
+        # the bar counts steps but does not wrap the loader: a notebook bar outlives the loop in a reference cycle,
+        # which would keep the loader's worker processes alive until a garbage collection joins them, on any thread
+        bar = tqdm(total=len(train_loader), desc=f"{kind} epoch {epoch + 1}/{epochs}", leave=False)
         t_fetch = time.perf_counter()
-        for x, label, mask in bar:
+        for x, label, mask in train_loader:
             wait += time.perf_counter() - t_fetch
             x, label, mask = _to_device((x, label, mask), device)
             x, mask = augment(x, mask, sample_params(len(x), aug_gen), engine)
@@ -217,9 +219,11 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
             optimizer.step()
             loss_sum += loss.detach()
             steps += 1
+            bar.update()
             if steps % LOG_EVERY == 0:
                 bar.set_postfix(loss=f"{float(loss_sum) / steps:.4f}")
             t_fetch = time.perf_counter()
+        bar.close()
         train_time = time.perf_counter() - t0
         val = evaluate(model, val_loader, kind, pos_weight, device)
         row = {"epoch": epoch + 1, "train_loss": float(loss_sum) / max(steps, 1),
