@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from wsseg_nb import segment, widgets  # noqa: E402
+from wsseg_nb import segment, slices, widgets  # noqa: E402
 from wsseg_nb.config import get_config  # noqa: E402
 
 METHODS = ("cam", "gradcam", "gradcampp", "scorecam")
@@ -43,12 +43,10 @@ def synthetic_run(root: Path, studies: int, depth: int, gated: int, size: int) -
         (root / "store" / sid).mkdir(parents=True)
         for name, arr in (("suv", suv), ("ct", np.zeros(suv.shape, np.int16)), ("mask", mask)):
             np.save(root / "store" / sid / f"{name}.npy", arr)
-        (root / "store" / sid / "meta.json").write_text(json.dumps({"shape": list(suv.shape), "spacing_mm": [6, 4, 4],
-                                                                    "affine": np.eye(4).tolist()}))
-        vox = mask.reshape(depth, -1).sum(1)
-        rows.append(pd.DataFrame({"study_id": sid, "slice": np.arange(depth), "label": (vox > 0).astype(int),
-                                  "lesion_voxels": vox, "lesion_area_mm2": vox * 16.0, "split": "val",
-                                  "diagnosis": "melanoma"}))
+        meta = {"study_id": sid, "shape": list(suv.shape), "spacing_mm": [6, 4, 4], "affine": np.eye(4).tolist(),
+                "lesion_voxels": mask.reshape(depth, -1).sum(1).tolist()}
+        (root / "store" / sid / "meta.json").write_text(json.dumps(meta))
+        rows.append(slices._index_rows(meta, "val", "melanoma"))
         cam_rows.append(pd.DataFrame({"study_id": sid, "slice": np.arange(depth // 4 - gated // 4,
                                                                           depth // 4 + 3 * gated // 4),
                                       "split": "val", "label": 1, "prob": 0.9}))

@@ -239,7 +239,7 @@ def test_load_gated_rejects_a_slice_missing_from_the_store(tmp_path):
     _write_store(tmp_path / "store", {"V1": ("val", suv, gt)})
     (tmp_path / "cams").mkdir()
     pd.DataFrame({"study_id": ["V1"], "slice": [5], "split": ["val"]}).to_csv(tmp_path / "cams" / "index.csv")
-    with pytest.raises(ValueError, match="study V1 slice 5 is not in the store index"):
+    with pytest.raises(ValueError, match="study V1 slice 5 is not in store/index.csv"):
         sg.load_gated(tmp_path)
 
 

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .runs import write_csv_atomic
 from .segment import upscale_nearest
+from .slices import index_positions
 
 METHODS = ("cam", "gradcam", "gradcampp", "scorecam", "layercam", "layercam_fused")
 GRADIENT_METHODS = ("gradcam", "gradcampp", "layercam", "layercam_fused")
@@ -261,15 +262,8 @@ def save_cams(directory: str | os.PathLike[str], index: pd.DataFrame, cams: dict
 
 def gated_rows(predictions: pd.DataFrame, store_index: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
     """Val/test slices the classifier calls tumorous (prob >= threshold) with their store row `position` (nb 03)."""
-    index = store_index.reset_index(drop=True)
-    keys = index[["study_id", "slice"]].assign(study_id=index["study_id"].astype(str), position=np.arange(len(index)))
-    gated = predictions[predictions["prob"] >= threshold].assign(study_id=lambda d: d["study_id"].astype(str))
-    rows = gated.merge(keys, on=["study_id", "slice"], how="left", validate="one_to_one")
-    if rows["position"].isna().any():
-        bad = rows[rows["position"].isna()].iloc[0]
-        raise ValueError(f"classifier/predictions.csv: study {bad.study_id} slice {bad.slice} "
-                         "is not in store/index.csv")
-    return rows.astype({"position": np.int64}).reset_index(drop=True)
+    gated = predictions[predictions["prob"] >= threshold].reset_index(drop=True)
+    return gated.assign(position=index_positions(store_index, gated, "classifier/predictions.csv"))
 
 
 def lesion_peaks(masks: np.ndarray, maps: dict[str, np.ndarray]) -> pd.DataFrame:

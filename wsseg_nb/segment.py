@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .slices import SliceStore, assemble
+from .slices import SliceStore, assemble, index_positions
 
 PAPER_PARAMS: dict[str, dict[str, float]] = {
     "cam": {"t": 0.3, "q": 31.0}, "gradcam": {"t": 0.2, "q": 35.0},
@@ -340,12 +340,8 @@ def load_gated(run_dir: str | os.PathLike[str], splits: Sequence[str] = ("val", 
             raise ValueError(f"{cam_index_path}: missing column {col!r}")
     rows["cam_row"] = np.arange(len(rows))
     rows = rows[rows["split"].isin(splits)]
-    keyed = pd.Series(np.arange(len(index)), index=pd.MultiIndex.from_frame(index[["study_id", "slice"]]))
-    pos = keyed.reindex(pd.MultiIndex.from_frame(rows[["study_id", "slice"]])).to_numpy(dtype=float)
-    if np.isnan(pos).any():
-        bad = rows[np.isnan(pos)].iloc[0]
-        raise ValueError(f"{cam_index_path}: study {bad.study_id} slice {bad.slice} is not in the store index")
-    rows = rows.assign(position=pos.astype(np.intp)).reset_index(drop=True)
+    rows = rows.reset_index(drop=True)
+    rows["position"] = index_positions(index, rows, str(cam_index_path))
     suv, gt = _read_suv_and_mask(store, rows)
     stored = index["lesion_voxels"].to_numpy()[rows["position"].to_numpy()]
     wrong = np.flatnonzero(gt.reshape(len(gt), -1).sum(axis=1) != stored)

@@ -115,6 +115,17 @@ def _index_rows(meta: Mapping[str, Any], split: str, diagnosis: str) -> pd.DataF
         "split": split, "diagnosis": diagnosis})
 
 
+def index_positions(index: pd.DataFrame, keys: pd.DataFrame, source: str) -> np.ndarray:
+    """Row in the store `index` of each (study_id, slice) of `keys`; a key not in it is an error naming `source`."""
+    rows = pd.Series(np.arange(len(index)),
+                     index=pd.MultiIndex.from_arrays([index["study_id"].astype(str), index["slice"]]))
+    pos = rows.reindex(pd.MultiIndex.from_arrays([keys["study_id"].astype(str), keys["slice"]])).to_numpy(float)
+    if np.isnan(pos).any():
+        bad = keys.iloc[int(np.flatnonzero(np.isnan(pos))[0])]
+        raise ValueError(f"{source}: study {bad['study_id']} slice {bad['slice']} is not in store/index.csv")
+    return pos.astype(np.intp)
+
+
 def _read_meta(path: Path) -> dict[str, Any]:
     """A study's meta.json."""
     return json.loads((path / "meta.json").read_text())
