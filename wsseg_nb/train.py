@@ -28,6 +28,9 @@ KINDS = ("classifier", "unet")
 CHECKPOINT_VERSION = 1
 LOG_EVERY = 20
 """Steps between progress-bar loss updates (the only host sync in the training loop besides the epoch end)."""
+BAR_INTERVAL_S = 2.0
+"""Least seconds between progress-bar redraws. In a notebook each redraw is a widget message, and a client that
+reads the kernel's output only after the cell (nbval) loses the end of a long cell's flood of them."""
 
 
 def weighted_ce_terms(logits: torch.Tensor, target: torch.Tensor, pos_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,9 +208,10 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
         model.train()
         t0 = time.perf_counter()
         loss_sum, steps, wait = torch.zeros((), device=device), 0, 0.0
-        # the bar counts steps but does not wrap the loader: a notebook bar outlives the loop in a reference cycle,
-        # which would keep the loader's worker processes alive until a garbage collection joins them, on any thread
-        bar = tqdm(total=len(train_loader), desc=f"{kind} epoch {epoch + 1}/{epochs}", leave=False)
+        # the bar counts steps but does not wrap the loader: tqdm.auto's bar takes its own iterator (an extra
+        # sampler draw) and, in a notebook, outlives the loop in a reference cycle, holding the worker processes
+        bar = tqdm(total=len(train_loader), desc=f"{kind} epoch {epoch + 1}/{epochs}", leave=False,
+                   mininterval=BAR_INTERVAL_S)
         t_fetch = time.perf_counter()
         for x, label, mask in train_loader:
             wait += time.perf_counter() - t_fetch
@@ -221,7 +225,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
             steps += 1
             bar.update()
             if steps % LOG_EVERY == 0:
-                bar.set_postfix(loss=f"{float(loss_sum) / steps:.4f}")
+                bar.set_postfix(loss=f"{float(loss_sum) / steps:.4f}", refresh=False)
             t_fetch = time.perf_counter()
         bar.close()
         train_time = time.perf_counter() - t0
