@@ -39,10 +39,11 @@ from wsseg_nb.plots import training as tplots
 
 run = runs.start(profile, run_dir, **overrides)
 cfg = run.config
-data = segment.load_gated(run.dir, ("val", "test"))
+gate = segment.read_gate(run.dir)
+data = segment.load_gated(run.dir, ("val", "test")).at_gate(gate)
 val, test = data.select("val"), data.select("test")
-print(f"profile {cfg.profile}, device {run.device}, run directory {run.dir}")
-print(f"gated slices (classifier p >= 0.5): validation {len(val.rows)}, test {len(test.rows)}; "
+print(f"profile {cfg.profile}, device {run.device}")
+print(f"gated slices (classifier p >= {gate}, notebook 04): validation {len(val.rows)}, test {len(test.rows)}; "
       f"studies with lesions: validation {(val.gt_total > 0).sum()}, test {(test.gt_total > 0).sum()}")
 
 # %% [markdown]

@@ -260,9 +260,16 @@ def save_cams(directory: str | os.PathLike[str], index: pd.DataFrame, cams: dict
 
 
 
-def gated_rows(predictions: pd.DataFrame, store_index: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
-    """Val/test slices the classifier calls tumorous (prob >= threshold) with their store row `position` (nb 03)."""
-    gated = predictions[predictions["prob"] >= threshold].reset_index(drop=True)
+def gated_rows(predictions: pd.DataFrame, store_index: pd.DataFrame, threshold: float = 0.5,
+               tumor_slices: bool = False) -> pd.DataFrame:
+    """Val/test slices the classifier calls tumorous (prob >= threshold) with their store row `position` (nb 03).
+
+    With `tumor_slices`, also every truly tumorous slice (for the perfect-gate diagnostic of notebook 04).
+    """
+    keep = predictions["prob"] >= threshold
+    if tumor_slices:
+        keep |= predictions["label"] > 0
+    gated = predictions[keep].reset_index(drop=True)
     return gated.assign(position=index_positions(store_index, gated, "classifier/predictions.csv"))
 
 

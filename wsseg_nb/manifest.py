@@ -20,7 +20,8 @@ PAPER_DIAGNOSIS_FRACTIONS = {"lung_cancer": 0.50, "lymphoma": 0.18, "melanoma": 
 PAPER_FEMALE_FRACTION = 195 / 453
 AGE_BY_DIAGNOSIS = {"lung_cancer": (67.0, 9.0), "lymphoma": (53.0, 16.0), "melanoma": (63.0, 14.0)}
 """Age (mean, sd) by diagnosis, giving the paper's median 64 years (range 19-95)."""
-DEMO_PER_SPLIT = {"train": 18, "val": 6, "test": 6}
+DEMO_PER_SPLIT = {"train": 30, "val": 12, "test": 12}
+"""The demo subset: 12 validation and 12 test studies, enough for a per-patient median (issue 11)."""
 
 
 def _bad(path: Path, line: int, study: str, column: str, value: object, why: str) -> ValueError:
@@ -87,7 +88,7 @@ def load_manifest(path: str | os.PathLike[str], subset: str = "all", check_files
             if rec[col] == "":
                 raise _bad(path, line, sid, col, rec[col], "missing file path")
             file = Path(rec[col]) if Path(rec[col]).is_absolute() else path.parent / rec[col]
-            if check_files and not file.is_file():
+            if check_files and (subset == "all" or out["demo"] == 1) and not file.is_file():
                 raise _bad(path, line, sid, col, rec[col], f"file not found: {file}")
             out[col] = str(file)
         rows.append(out)
@@ -114,7 +115,7 @@ def _stratified_split(strata: pd.Series, rng: np.random.Generator) -> np.ndarray
 
 
 def _demo_flags(diagnosis: pd.Series, split: pd.Series, rng: np.random.Generator) -> np.ndarray:
-    """The fixed demo subset: 18/6/6 train/val/test studies, diagnoses in proportion within each split."""
+    """The fixed demo subset: DEMO_PER_SPLIT train/val/test studies, diagnoses in proportion within each split."""
     demo = np.zeros(len(diagnosis), dtype=int)
     for name, n_demo in DEMO_PER_SPLIT.items():
         in_split = split.to_numpy() == name

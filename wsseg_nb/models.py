@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,11 +18,9 @@ VGG16_CONVS = (64, 64, 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 51
 """torchvision's VGG16 "D" layout with the first max-pool and the pool after conv5_3 removed: 3 pools, stride 8."""
 
 
-def vgg16_weights_path() -> Path:
-    """Where torchvision's ImageNet VGG16 checkpoint is (or must be put): <torch hub dir>/checkpoints/<file>."""
-    from torchvision.models import VGG16_Weights
-
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(VGG16_Weights.IMAGENET1K_V1.url).name
+def vgg16_weights_path(norm: str = "none") -> Path:
+    """Where torchvision's ImageNet VGG16 (-BN) checkpoint is (or must be put): <torch hub dir>/checkpoints/<file>."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(_imagenet_weights(norm).url).name
 
 
 class InputScale(nn.Module):
@@ -46,73 +45,100 @@ def init_first_conv_from_rgb(weight: torch.Tensor, bias: torch.Tensor, in_channe
     return mean.repeat(1, in_channels, 1, 1).clone(), bias.clone()
 
 
-def imagenet_features_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """torchvision VGG16 state dict -> `VGG16CAM.features` state dict (indices remapped, first conv made 2-channel)."""
-    convs = sorted({int(k.split(".")[1]) for k in state_dict if k.startswith("features.")})
+def imagenet_features_state(state_dict: dict[str, torch.Tensor], norm: str = "none",
+                            stride: int = 8) -> dict[str, torch.Tensor]:
+    """torchvision vgg16 (or vgg16_bn) state dict -> `VGG16CAM.features` state dict (indices remapped, 2-channel conv)."""
+    convs = sorted({int(k.split(".")[1]) for k in state_dict
+                    if k.startswith("features.") and state_dict[k].ndim == 4})
     if len(convs) != 13:
         raise ValueError(f"VGG16 state dict: expected 13 conv layers under 'features.', found {len(convs)}")
-    ours = [i for i, layer in enumerate(_vgg_layers(1.0, 2)) if isinstance(layer, nn.Conv2d)]
+    ours = [i for i, layer in enumerate(_vgg_layers(1.0, 2, norm, stride)) if isinstance(layer, nn.Conv2d)]
     out: dict[str, torch.Tensor] = {}
     for src, dst in zip(convs, ours):
         w, b = state_dict[f"features.{src}.weight"], state_dict[f"features.{src}.bias"]
         if src == convs[0]:
             w, b = init_first_conv_from_rgb(w, b)
         out[f"{dst}.weight"], out[f"{dst}.bias"] = w, b
+        if norm == "batch":  # vgg16_bn: the BatchNorm follows its conv in both layouts
+            for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                out[f"{dst + 1}.{name}"] = state_dict[f"features.{src + 1}.{name}"]
     return out
 
 
-def _load_imagenet_state(required: bool) -> dict[str, torch.Tensor] | None:
-    """The ImageNet VGG16 state dict from the torch hub cache (downloaded there if possible); None if unavailable."""
-    from torchvision.models import VGG16_Weights
+def _imagenet_weights(norm: str) -> Any:
+    """torchvision's ImageNet weights enum of VGG16 (norm='none') or VGG16-BN (norm='batch')."""
+    from torchvision.models import VGG16_BN_Weights, VGG16_Weights
 
-    path = vgg16_weights_path()
+    return VGG16_BN_Weights.IMAGENET1K_V1 if norm == "batch" else VGG16_Weights.IMAGENET1K_V1
+
+
+def _load_imagenet_state(required: bool, norm: str = "none") -> dict[str, torch.Tensor] | None:
+    """The ImageNet VGG16 state dict from the torch hub cache (downloaded there if possible); None if unavailable."""
+    weights = _imagenet_weights(norm)
+    path = vgg16_weights_path(norm)
     try:
         if path.exists():
             return torch.load(path, map_location="cpu", weights_only=True)
-        return VGG16_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+        return weights.get_state_dict(progress=True)
     except Exception as err:  # offline, corrupt file, hash mismatch: all mean "no weights"
-        message = (f"ImageNet VGG16 weights unavailable ({type(err).__name__}: {err}); put "
-                   f"{VGG16_Weights.IMAGENET1K_V1.url} at {path}")
+        message = f"ImageNet VGG16 weights unavailable ({type(err).__name__}: {err}); put {weights.url} at {path}"
         if required:
             raise RuntimeError(message) from err
         warnings.warn(message + "; training from scratch (pretrained='auto')", stacklevel=3)
         return None
 
 
-def _vgg_layers(width: float, in_channels: int) -> list[nn.Module]:
-    """The VGG16 conv stack (ReLU after every conv, stride 8) at a given width, with torchvision's VGG init."""
+NORMS = ("none", "batch")
+STRIDES = (8, 4)
+
+
+def _vgg_layers(width: float, in_channels: int, norm: str = "none", stride: int = 8) -> list[nn.Module]:
+    """The VGG16 conv stack (ReLU after every conv, BatchNorm before it with norm='batch') with torchvision's init.
+
+    Stride 8 keeps three max-pools (the paper's 32x32 map from 256x256); stride 4 also drops the pool before
+    block 5 (a 32x32 map from 128x128, the paper's 16 mm cells at the demo's 4 mm pixels).
+    """
+    if norm not in NORMS or stride not in STRIDES:
+        raise ValueError(f"VGG16: norm must be one of {NORMS} and stride one of {STRIDES}, got {norm!r}, {stride!r}")
+    pools = [i for i, item in enumerate(VGG16_CONVS) if item == "M"]
+    skip = set(pools[2:]) if stride == 4 else set()
     layers: list[nn.Module] = []
     channels = in_channels
-    for item in VGG16_CONVS:
+    for i, item in enumerate(VGG16_CONVS):
         if item == "M":
-            layers.append(nn.MaxPool2d(2, 2))
+            if i not in skip:
+                layers.append(nn.MaxPool2d(2, 2))
         else:
             conv = nn.Conv2d(channels, _width(int(item), width), 3, padding=1)
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # torchvision.models.VGG
             nn.init.zeros_(conv.bias)
-            layers += [conv, nn.ReLU(inplace=True)]
+            layers += [conv, nn.BatchNorm2d(conv.out_channels)] if norm == "batch" else [conv]
+            layers.append(nn.ReLU(inplace=True))
             channels = conv.out_channels
     return layers
 
 
 class VGG16CAM(nn.Module):
-    """VGG16 without the first and last max-pool (S -> S/8 feature map), GAP and one FC to a tumor logit (notebook 02)."""
+    """VGG16 without the first and last max-pool (S -> S/8 map; S/4 with stride 4), GAP and one FC to a tumor logit (notebook 02).
 
-    def __init__(self, width: float = 1.0, pretrained: str = "none") -> None:
+    norm='batch' is torchvision's vgg16_bn layout (BatchNorm after every conv), the VGG16 variant with ImageNet weights.
+    """
+
+    def __init__(self, width: float = 1.0, pretrained: str = "none", norm: str = "none", stride: int = 8) -> None:
         super().__init__()
         if pretrained not in ("none", "auto", "true"):
             raise ValueError(f"pretrained must be 'none', 'auto' or 'true', got {pretrained!r}")
         if pretrained == "true" and width != 1.0:
             raise ValueError(f"pretrained='true' needs vgg_width 1.0 (ImageNet weights are full width), got {width}")
         self.scale = InputScale()
-        self.features = nn.Sequential(*_vgg_layers(width, 2))
+        self.features = nn.Sequential(*_vgg_layers(width, 2, norm, stride))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(_width(512, width), 1)
         self.pretrained = False
         if pretrained != "none" and width == 1.0:
-            state = _load_imagenet_state(required=pretrained == "true")
+            state = _load_imagenet_state(required=pretrained == "true", norm=norm)
             if state is not None:
-                self.features.load_state_dict(imagenet_features_state(state))
+                self.features.load_state_dict(imagenet_features_state(state, norm, stride))
                 self.pretrained = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

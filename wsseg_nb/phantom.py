@@ -39,7 +39,13 @@ TISSUE = {  # label: ((HU low, HU high), (SUV low, SUV high)); per patient a val
     "airway": ((-1000, -1000), (0.0, 0.0)), "gland": ((35, 50), (1.5, 3.5)),
 }
 LESION_HU = (30.0, 55.0)
-LESION_SUVMAX = {"lung_cancer": (2.0, 15.0), "lymphoma": (3.0, 20.0), "melanoma": (2.0, 8.0)}
+LESION_SUVMAX = {"lung_cancer": (3.0, 18.0), "lymphoma": (4.0, 25.0), "melanoma": (3.0, 12.0)}
+"""Measured lesion SUVmax (read on the PET as stored: after the PSF, partial volume and noise), log-uniform per
+diagnosis. Annotated FDG-avid lesions: NSCLC primaries median SUVmax about 8-10, rarely below 3 (Paesmans et al.,
+J Thorac Oncol 2010, meta-analysis); aggressive lymphoma median above 10, indolent about 7, range about 3-40
+(Schoeder et al., J Clin Oncol 2005); melanoma metastases median about 5-7 (Strobel et al., J Nucl Med 2007;
+Reinhardt et al., J Clin Oncol 2006). autoPET annotated only lesions that are FDG-avid against their
+surroundings, hence the lower bound of 3 (liver 1.5-2.5 plus noise reaches about 3)."""
 # Total tumour volume per patient ~ log-normal (median ml, sigma) and mean extra lesions, by diagnosis;
 # calibrated with `cohort_statistics` so the cohort matches Sec. 2.1.2 (median 46.5 ml, IQR 158.4 ml,
 # 13.5-14% tumour slices).
@@ -425,6 +431,53 @@ def _tissue_values(anat: Anatomy, rng: np.random.Generator) -> tuple[np.ndarray,
     return hu.astype(np.float32), suv.astype(np.float32)
 
 
+def _pet_shape(ct_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Shape of the PET grid: CT voxel pairs along every axis, one slice fewer along z (`_scanner`)."""
+    return ct_shape[0] - 1, ct_shape[1] // 2, ct_shape[2] // 2
+
+
+def _scanner(act: np.ndarray, fwhm: float) -> np.ndarray:
+    """Noise-free PET of an activity map on the CT grid: sampled at the PET voxel centres, blurred by the PSF (linear)."""
+    # PET voxel centres sit midway between CT voxel centres (PET_OFFSET_MM), so averaging CT-voxel
+    # pairs is exact linear interpolation; the pair average adds a variance of (offset)^2, taken out of the PSF.
+    pet = act[:-1] + act[1:]
+    pet = (pet[:, 0::2] + pet[:, 1::2])
+    pet = (pet[:, :, 0::2] + pet[:, :, 1::2]) * np.float32(0.125)
+    sigma2 = (fwhm / np.sqrt(8 * np.log(2))) ** 2
+    sigma = [np.sqrt(sigma2 - o * o) / sp for o, sp in zip(PET_OFFSET_MM, PET_SPACING_MM)]
+    return ndimage.gaussian_filter(pet, sigma, truncate=3.0)
+
+
+def _noise(pet: np.ndarray, noise: np.ndarray, liver: float) -> np.ndarray:
+    """Additive PET noise: PET_NOISE_CV at liver uptake, its variance proportional to the local uptake."""
+    return PET_NOISE_CV * np.sqrt(np.maximum(pet, 0.0) * liver) * noise
+
+
+def _pet_lesion_ids(lesion_id: np.ndarray) -> np.ndarray:
+    """Lesion number of each PET voxel: the largest of the 2x2x2 CT voxels it averages (0 = no lesion)."""
+    ids = np.maximum(lesion_id[:-1], lesion_id[1:])
+    ids = np.maximum(ids[:, 0::2], ids[:, 1::2])
+    return np.maximum(ids[:, :, 0::2], ids[:, :, 1::2])
+
+
+def _uptake_scale(background: np.ndarray, excess: np.ndarray, noise: np.ndarray, liver: float,
+                  suvmax: float) -> float:
+    """Factor k on a lesion's excess uptake so that its measured SUVmax, max(B + kE + noise), equals `suvmax`."""
+    def measured(k: float) -> float:
+        pet = background + k * excess
+        return float(np.max(pet + _noise(pet, noise, liver)))
+
+    if excess.size == 0 or excess.max() <= 0 or measured(0.0) >= suvmax:
+        return 1.0  # no PET voxel, no excess, or surroundings as bright as the target: the lesion as drawn
+    lo, hi = 0.0, 1.0
+    while measured(hi) < suvmax:
+        lo, hi = hi, 2.0 * hi
+    for _ in range(40):  # bisection: measured(k) grows with k
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if measured(mid) < suvmax else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
 def synthesize(row: Mapping[str, Any]) -> dict[str, Any]:
     """One study in memory: CT (int16 HU), PET (float32 Bq/ml, PET grid), SEG (uint8), affines, labels."""
     anat_rng, lesion_rng, tissue_rng, noise_rng = _streams(row)
@@ -435,27 +488,33 @@ def synthesize(row: Mapping[str, Any]) -> dict[str, Any]:
     ct = hu_lut[labels]
     act = suv_lut[labels]
     seg = np.zeros(g.shape, np.uint8)
-    for spec in _lesion_specs(str(row["diagnosis"]), anat, lesion_rng):
+    excess = np.zeros(g.shape, np.float32)  # lesion uptake minus the tissue it replaces, before calibration
+    lesion_id = np.zeros(g.shape, np.int16)
+    specs = _lesion_specs(str(row["diagnosis"]), anat, lesion_rng)
+    for i, spec in enumerate(specs, start=1):
         box, mask, suv = _lesion_voxels(g, spec)
         seg[box][mask] = 1
         ct[box][mask] = spec["hu"]
-        act[box][mask] = suv[mask]
+        excess[box][mask] = suv[mask] - act[box][mask]
+        lesion_id[box][mask] = i
     body = labels != L["air"]
     ct[body] += noise_rng.standard_normal(int(body.sum()), dtype=np.float32) * CT_NOISE_HU
     ct = np.rint(ct, out=ct).astype(np.int16)
-    # PET: PET voxel centres sit midway between CT voxel centres (PET_OFFSET_MM), so averaging CT-voxel
-    # pairs is exact linear interpolation; the pair average adds a variance of (offset)^2, taken out of the PSF.
-    pet = act[:-1] + act[1:]
-    pet = (pet[:, 0::2] + pet[:, 1::2])
-    pet = (pet[:, :, 0::2] + pet[:, :, 1::2]) * np.float32(0.125)
     fwhm = float(tissue_rng.uniform(5.0, 7.0))
-    sigma2 = (fwhm / np.sqrt(8 * np.log(2))) ** 2
-    sigma = [np.sqrt(sigma2 - o * o) / sp for o, sp in zip(PET_OFFSET_MM, PET_SPACING_MM)]
-    pet = ndimage.gaussian_filter(pet, sigma, truncate=3.0)
-    noise = ndimage.gaussian_filter(noise_rng.standard_normal(pet.shape, dtype=np.float32), 0.8, truncate=3.0)
+    noise = ndimage.gaussian_filter(noise_rng.standard_normal(_pet_shape(g.shape), dtype=np.float32), 0.8,
+                                    truncate=3.0)
     noise *= np.float32(1.0 / noise.std())
     liver = float(suv_lut[L["liver"]])
-    pet += PET_NOISE_CV * np.sqrt(np.maximum(pet, 0.0) * liver) * noise
+    pet = _scanner(act, fwhm)
+    if specs:
+        blurred = _scanner(excess, fwhm)
+        ids = _pet_lesion_ids(lesion_id)
+        scale = np.zeros(len(specs) + 1, np.float32)
+        for i, spec in enumerate(specs, start=1):
+            where = ids == i
+            scale[i] = _uptake_scale(pet[where], blurred[where], noise[where], liver, spec["suvmax"])
+        pet += _scanner(excess * scale[lesion_id], fwhm)
+    pet += _noise(pet, noise, liver)
     np.maximum(pet, 0.0, out=pet)
     pet *= np.float32(1.0 / suv_factor(row["weight_kg"], row["injected_activity_mbq"], row["injection_to_scan_s"],
                                        row.get("study_id", "?")))

@@ -1,6 +1,7 @@
 """Algorithm 1 (CAM threshold + SUV percentile), the global SUV threshold, their grid searches and study masks."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -300,6 +301,24 @@ def tune_global_threshold(suv: np.ndarray, gt: np.ndarray, slice_study: Sequence
     return tune(inter, pred, slice_study, gt_total, {"p": p_grid})
 
 
+def tune_with_gate(cams: Mapping[str, np.ndarray], data: GatedSlices, t_grid: Sequence[float],
+                   q_grid: Sequence[float], gates: Sequence[float]) -> tuple[float, dict[str, Tuned], pd.DataFrame]:
+    """One classifier threshold for the run and each method's (t, q), tuned together on `data` (validation).
+
+    The gate kept is the one whose methods reach the highest mean of their best median Dice; returns it, each
+    method's grid search at that gate, and the table of best median Dice per gate and method (notebook 04).
+    """
+    prob = data.rows["prob"].to_numpy()
+    counts = {m: algorithm1_counts(cam, data.suv, data.gt, t_grid, q_grid, desc=m) for m, cam in cams.items()}
+    grid = {"t": t_grid, "q": q_grid}
+    searches = {g: {m: tune(inter * (prob >= g)[:, None, None], pred * (prob >= g)[:, None, None],
+                            data.rows["study_id"], data.gt_total, grid) for m, (inter, pred) in counts.items()}
+                for g in gates}
+    table = pd.DataFrame({m: [searches[g][m].dice for g in gates] for m in cams}, index=pd.Index(gates, name="gate"))
+    best = float(table.index[int(np.argmax(table.mean(axis=1).to_numpy()))])
+    return best, searches[best], table
+
+
 # ---------------------------------------------------------------- run-directory inputs and study masks
 
 @dataclass(frozen=True)
@@ -321,11 +340,23 @@ class GatedSlices:
         """Lesion voxels per study (the ground-truth term of each study's Dice)."""
         return self.studies["lesion_voxels"]
 
+    def subset(self, keep: np.ndarray, split: str | None = None) -> GatedSlices:
+        """The rows where `keep` is true (and, given `split`, only that split's studies)."""
+        keep = np.asarray(keep, dtype=bool)
+        studies = self.studies if split is None else self.studies[self.studies["split"] == split]
+        return GatedSlices(self.store, self.rows[keep].reset_index(drop=True), self.suv[keep], self.gt[keep], studies)
+
     def select(self, split: str) -> GatedSlices:
         """The subset of one split (val for tuning, test for evaluation)."""
-        keep = (self.rows["split"] == split).to_numpy()
-        return GatedSlices(self.store, self.rows[keep].reset_index(drop=True), self.suv[keep], self.gt[keep],
-                           self.studies[self.studies["split"] == split])
+        return self.subset((self.rows["split"] == split).to_numpy(), split)
+
+    def at_gate(self, threshold: float) -> GatedSlices:
+        """The slices the classifier calls tumorous at p >= threshold (Algorithm 1, line 1); studies unchanged."""
+        return self.subset((self.rows["prob"] >= threshold).to_numpy())
+
+    def oracle(self) -> GatedSlices:
+        """The truly tumorous slices (a perfect gate), whatever the classifier called them."""
+        return self.subset((self.rows["label"] > 0).to_numpy())
 
 
 def load_gated(run_dir: str | os.PathLike[str], splits: Sequence[str] = ("val", "test")) -> GatedSlices:
@@ -390,6 +421,34 @@ def study_masks(data: GatedSlices, masks: np.ndarray) -> dict[str, np.ndarray]:
 def segment_studies(data: GatedSlices, cam: np.ndarray, t: float, q: float) -> dict[str, np.ndarray]:
     """Algorithm 1 at (t, q) on every gated slice, as one 3D mask per study of data (notebook 04)."""
     return study_masks(data, algorithm1(cam, data.suv, t, q))
+
+
+def write_thresholds(run_dir: str | os.PathLike[str], gate: float, tuned: Mapping[str, Tuned]) -> Path:
+    """segment/thresholds.json (the gate, each method's t, q and val Dice) and segment/<method>_dice.npy (nb 04)."""
+    from .runs import write_json_atomic
+
+    folder = Path(run_dir) / "segment"
+    folder.mkdir(parents=True, exist_ok=True)
+    for method, result in tuned.items():
+        tmp = folder / f".{method}_dice.npy.tmp"
+        with open(tmp, "wb") as handle:
+            np.save(handle, result.surface)
+        os.replace(tmp, folder / f"{method}_dice.npy")
+    record = {"gate": float(gate), **{m: {"t": r.params["t"], "q": r.params["q"], "val_dice": r.dice}
+                                      for m, r in tuned.items()}}
+    write_json_atomic(folder / "thresholds.json", record)
+    return folder / "thresholds.json"
+
+
+def read_gate(run_dir: str | os.PathLike[str]) -> float:
+    """The run's classifier threshold (Algorithm 1, line 1) from segment/thresholds.json (notebooks 05, 06)."""
+    path = Path(run_dir) / "segment" / "thresholds.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path}: run notebook 04 first")
+    record = json.loads(path.read_text())
+    if "gate" not in record:
+        raise ValueError(f"{path}: field 'gate' missing (written by an older version); rerun notebook 04")
+    return float(record["gate"])
 
 
 def save_study_masks(run_dir: str | os.PathLike[str], method: str, masks: Mapping[str, np.ndarray]) -> Path:

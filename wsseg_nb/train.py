@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .augment import augment, sample_params
 from .config import SAMPLINGS
+from .diagnostics import pointing_probe
 from .models import UNet, VGG16CAM
 from .runs import write_csv_atomic
 
@@ -124,16 +125,27 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, kind: str, pos_weight: 
 
 
 class BalancedSampler(Sampler[int]):
-    """Every tumor slice plus as many tumor-free slices, the latter drawn afresh each epoch, in shuffled order."""
+    """Every tumor slice plus as many tumor-free slices, the latter drawn afresh each epoch, in shuffled order.
 
-    def __init__(self, labels: np.ndarray, generator: torch.Generator) -> None:
+    A share `near_fraction` of the tumor-free slices is drawn from `near` (tumor-free slices close to a tumor slice
+    of the same study, `near_negatives`): at the lesions' body level the slice's position tells nothing.
+    """
+
+    def __init__(self, labels: np.ndarray, generator: torch.Generator, near: np.ndarray | None = None,
+                 near_fraction: float = 0.0) -> None:
         labels = np.asarray(labels) > 0
         self.pos = torch.from_numpy(np.flatnonzero(labels))
         self.neg = torch.from_numpy(np.flatnonzero(~labels))
         if not len(self.pos) or not len(self.neg):
             raise ValueError(f"balanced sampling needs tumor and tumor-free slices, got {len(self.pos)} and "
                              f"{len(self.neg)}")
+        if not 0.0 <= near_fraction <= 1.0:
+            raise ValueError(f"near_fraction must lie in [0, 1], got {near_fraction}")
+        self.near = torch.as_tensor(np.asarray([] if near is None else near, dtype=np.int64))
+        if near_fraction > 0 and (not len(self.near) or labels[self.near.numpy()].any()):
+            raise ValueError("near-negative sampling needs a non-empty pool of tumor-free slices")
         self.n = min(len(self.pos), len(self.neg))
+        self.n_near = int(round(near_fraction * self.n))
         self.generator = generator
 
     def __len__(self) -> int:
@@ -142,20 +154,39 @@ class BalancedSampler(Sampler[int]):
     def __iter__(self):
         g = self.generator
         pos = self.pos[torch.randperm(len(self.pos), generator=g)[:self.n]]
-        neg = self.neg[torch.randperm(len(self.neg), generator=g)[:self.n]]
-        both = torch.cat([pos, neg])
+        neg = self.neg[torch.randperm(len(self.neg), generator=g)[:self.n - self.n_near]]
+        near = self.near[torch.randint(len(self.near), (self.n_near,), generator=g)] if self.n_near else neg[:0]
+        both = torch.cat([pos, neg, near])
         return iter(both[torch.randperm(len(both), generator=g)].tolist())
 
 
+NEAR_SLICES = 5
+"""Tumor-free slices at most this many slices from a tumor slice of their study are 'near' (5 x 6 mm in the demo)."""
+
+
+def near_negatives(dataset: Dataset, distance: int = NEAR_SLICES) -> np.ndarray:
+    """Dataset items that are tumor-free and at most `distance` slices from a tumor slice of the same study."""
+    index = dataset.store.index.iloc[dataset.positions]
+    study = pd.factorize(index["study_id"])[0].astype(np.int64)
+    z = index["slice"].to_numpy(np.int64)
+    tumor = index["label"].to_numpy() > 0
+    key = study * 1_000_000 + z
+    near = np.zeros(len(index), bool)
+    for d in range(-distance, distance + 1):  # a tumor slice at z + d of the same study
+        near |= np.isin(key + d, key[tumor])
+    return np.flatnonzero(near & ~tumor)
+
+
 def _loader(dataset: Dataset, batch: int, workers: int, device: torch.device,
-            generator: torch.Generator | None = None, sampling: str = "all") -> DataLoader:
+            generator: torch.Generator | None = None, sampling: str = "all", near_fraction: float = 0.0) -> DataLoader:
     """A DataLoader streaming from the slice store (shuffled with `generator` when given; `sampling` as in `fit`)."""
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
     if generator is None:
         sampler = None
     elif sampling == "balanced":
-        sampler = BalancedSampler(dataset.labels, generator)
+        near = near_negatives(dataset) if near_fraction > 0 else None
+        sampler = BalancedSampler(dataset.labels, generator, near, near_fraction)
     else:
         sampler = RandomSampler(dataset, generator=generator)
     # the generator drives only the sampler: the DataLoader draws worker base seeds from it once per fresh
@@ -167,22 +198,25 @@ def _loader(dataset: Dataset, batch: int, workers: int, device: torch.device,
 def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset, val_set: Dataset, *,
         kind: str, out_dir: Path, epochs: int, batch: int, pos_weight: float, seed: int,
         device: torch.device, workers: int = 0, engine: str = "torch", sampling: str = "all",
-        hparams: dict[str, Any] | None = None, resume: bool = True) -> pd.DataFrame:
+        near_fraction: float = 0.0, probe: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+        select: str | None = None, hparams: dict[str, Any] | None = None, resume: bool = True) -> pd.DataFrame:
     """Train with augmentation; per epoch validate, write last.pt (atomic), best.pt and history.csv; resume from last.pt.
 
     An epoch visits every training slice (`sampling="all"`), or every tumor slice plus as many tumor-free ones
     drawn afresh per epoch (`"balanced"`, `BalancedSampler`); validation always uses every validation slice.
 
-    Best = highest validation AUC (classifier) or pooled Dice (U-Net). Shuffling and augmentation are seeded per
-    epoch, so a resumed run ends with the same weights as an uninterrupted one (notebooks 02, 05).
+    `probe(model)` adds validation scores of its own to each epoch's row (prefixed `val_`). Best = highest
+    `select` (a row column), by default validation AUC (classifier) or pooled Dice (U-Net). Shuffling and
+    augmentation are seeded per epoch, so a resumed run ends with the same weights as an uninterrupted one
+    (notebooks 02, 05).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    select = select or ("val_auc" if kind == "classifier" else "val_dice")
     hparams = {**(hparams or {}), "kind": kind, "batch": batch, "pos_weight": pos_weight, "seed": seed,
-               "engine": engine, "sampling": sampling}
-    select = "val_auc" if kind == "classifier" else "val_dice"
+               "engine": engine, "sampling": sampling, "near_fraction": near_fraction, "select": select}
     model.to(device, memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -200,7 +234,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
         optimizer.load_state_dict(state["optimizer"])
         start, history, best = state["epoch"], state["history"], state["best"]
     generator = torch.Generator()
-    train_loader = _loader(train_set, batch, workers, device, generator, sampling)
+    train_loader = _loader(train_set, batch, workers, device, generator, sampling, near_fraction)
     val_loader = _loader(val_set, batch, workers, device)
     for epoch in range(start, epochs):
         generator.manual_seed(_epoch_seed(seed, epoch))
@@ -230,6 +264,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
         bar.close()
         train_time = time.perf_counter() - t0
         val = evaluate(model, val_loader, kind, pos_weight, device)
+        if probe is not None:
+            val.update(probe(model))
         row = {"epoch": epoch + 1, "train_loss": float(loss_sum) / max(steps, 1),
                **{f"val_{k}": v for k, v in val.items()},
                "train_s": train_time, "data_wait_s": wait, "val_s": time.perf_counter() - t0 - train_time}
@@ -272,15 +308,21 @@ def train_classifier(run: Run, resume: bool = True) -> pd.DataFrame:
     """VGG16-CAM with SGD (lr, momentum from the config; Adam in the demo), weighted CE; writes run_dir/classifier/ (notebook 02)."""
     c = run.config
     torch.manual_seed(c.seed)
-    model = VGG16CAM(c.vgg_width, c.pretrained)
+    model = classifier_model(c)
     optimizer = classifier_optimizer(model, c)
-    hparams = {"width": c.vgg_width, "pretrained": c.pretrained, "optimizer": c.cls_optimizer, "lr": c.cls_lr,
-               "momentum": c.cls_momentum,
-               "slice_size": c.slice_size}
-    return fit(model, optimizer, *_datasets(run), kind="classifier", out_dir=run.dir / "classifier",
+    hparams = {"width": c.vgg_width, "pretrained": c.pretrained, "norm": c.vgg_norm, "stride": c.vgg_stride,
+               "optimizer": c.cls_optimizer, "lr": c.cls_lr, "momentum": c.cls_momentum, "slice_size": c.slice_size}
+    train_set, val_set = _datasets(run)
+    return fit(model, optimizer, train_set, val_set, kind="classifier", out_dir=run.dir / "classifier",
                epochs=c.cls_epochs, batch=c.cls_batch, pos_weight=c.cls_pos_weight, seed=c.seed,
                device=run.device, workers=c.workers, engine=c.augment_engine, sampling=c.cls_sampling,
-               hparams=hparams, resume=resume)
+               near_fraction=c.cls_near_negatives, probe=pointing_probe(val_set.store, "val"),
+               select=c.cls_select, hparams=hparams, resume=resume)
+
+
+def classifier_model(c: Config, pretrained: str | None = None) -> VGG16CAM:
+    """The config's VGG16-CAM (width, norm, stride; ImageNet weights as `c.pretrained` unless overridden)."""
+    return VGG16CAM(c.vgg_width, c.pretrained if pretrained is None else pretrained, c.vgg_norm, c.vgg_stride)
 
 
 def train_unet(run: Run, resume: bool = True) -> pd.DataFrame:
@@ -297,7 +339,7 @@ def train_unet(run: Run, resume: bool = True) -> pd.DataFrame:
 
 def load_classifier(run: Run, checkpoint: str = "best") -> VGG16CAM:
     """The trained classifier from run_dir/classifier/<checkpoint>.pt, in eval mode on the run's device."""
-    model = VGG16CAM(run.config.vgg_width, "none")
+    model = classifier_model(run.config, "none")
     return _load(model, run.dir / "classifier" / f"{checkpoint}.pt", run.device)
 
 

@@ -1,0 +1,91 @@
+"""Stage diagnostics: pointing game, lesion cells, shortcut score, gate statistics, near negatives, gate tuning."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from wsseg_nb import diagnostics, phantom, segment, train
+
+
+def test_lesion_cells_and_pointing_by_hand():
+    masks = np.zeros((2, 8, 8), np.uint8)
+    masks[0, 5, 6] = 1          # cell (2, 3) of a 4x4 map
+    masks[1, 0:2, 0:2] = 1      # cell (0, 0)
+    cells = diagnostics.lesion_cells(masks, 4)
+    assert cells.sum() == 2 and cells[0, 2, 3] and cells[1, 0, 0]
+    maps = np.zeros((2, 4, 4), np.float32)
+    maps[0, 2, 3] = 1.0         # peak on the lesion
+    maps[1, 3, 3] = 1.0         # peak elsewhere
+    assert diagnostics.peak_in_lesion(maps, masks).tolist() == [True, False]
+    suv = np.where(masks > 0, np.array([5.0, 2.0])[:, None, None], 0.5)
+    assert diagnostics.lesion_suvmax(suv, masks).tolist() == [5.0, 2.0]
+    assert diagnostics.pointing([True, False], [5.0, 2.0]) == {"pointing": 0.5, "pointing_visible": 1.0}
+    # positives 1.0 and 0; negatives 29 zeros and one 1.0: AUC = ((29 + 0.5) + (29 * 0.5)) / 60
+    assert diagnostics.cell_auc(maps, masks) == pytest.approx(44 / 60)
+    with pytest.raises(ValueError, match="multiple"):
+        diagnostics.lesion_cells(masks, 3)
+
+
+def test_level_auc_is_one_when_the_level_decides():
+    rows = []
+    for split in ("train", "val"):
+        for s in range(3):
+            for z in range(20):
+                rows.append({"study_id": f"{split}{s}", "slice": z, "split": split, "label": int(8 <= z < 12)})
+    index = pd.DataFrame(rows)
+    assert diagnostics.level_auc(index, "val", bins=20) == 1.0
+    shuffled = index.assign(label=index["label"].sample(frac=1.0, random_state=0).to_numpy())
+    assert diagnostics.level_auc(shuffled, "val", bins=20) < 0.8
+
+
+def test_gate_stats_by_hand():
+    got = diagnostics.gate_stats([1, 1, 0, 0, 0], [0.9, 0.4, 0.8, 0.6, 0.1], 0.7)
+    assert got == {"gate_threshold": 0.7, "slices_called": 2, "gate_precision": 0.5, "gate_recall": 0.5}
+
+
+def test_near_negatives_and_sampler_mix():
+    index = pd.DataFrame({"study_id": ["a"] * 10 + ["b"] * 10, "slice": list(range(10)) * 2,
+                          "label": [0, 0, 0, 1, 0, 0, 0, 0, 0, 0] + [0] * 10, "split": "train"})
+
+    class Store:
+        pass
+
+    class Data:
+        store, positions = Store(), np.arange(20)
+
+    Data.store.index = index
+    near = train.near_negatives(Data, distance=2)
+    assert near.tolist() == [1, 2, 4, 5]  # study b has no tumor slice: none of its slices is near
+    import torch
+    sampler = train.BalancedSampler(index["label"].to_numpy(), torch.Generator().manual_seed(0), near, 1.0)
+    drawn = list(sampler)
+    assert len(drawn) == 2 and 3 in drawn and set(drawn) - {3} <= {1, 2, 4, 5}
+    with pytest.raises(ValueError, match="near_fraction"):
+        train.BalancedSampler(index["label"].to_numpy(), torch.Generator(), near, 1.5)
+
+
+def test_uptake_scale_by_hand():
+    background, excess, noise = np.array([1.0, 2.0]), np.array([1.0, 0.5]), np.zeros(2)
+    # measured(k) = max(1 + k, 2 + 0.5 k) = 5 at k = 4
+    assert phantom._uptake_scale(background, excess, noise, 2.0, 5.0) == pytest.approx(4.0, abs=1e-6)
+    assert phantom._uptake_scale(background, excess, noise, 2.0, 1.5) == 1.0  # surroundings already brighter
+
+
+def test_tune_with_gate_drops_a_false_slice():
+    size = 8
+    suv = np.ones((3, size, size), np.float32)
+    gt = np.zeros((3, size, size), bool)
+    gt[0, 2:4, 2:4] = True
+    suv[0, 2:4, 2:4] = 5.0
+    suv[2, 5:7, 5:7] = 5.0                       # a hot spot on a tumor-free slice of the same study
+    cams = np.zeros((3, 4, 4), np.float32)
+    cams[0, 1, 1] = 1.0
+    cams[2, 2:4, 2:4] = 1.0
+    rows = pd.DataFrame({"study_id": ["s"] * 3, "slice": [0, 1, 2], "split": "val", "label": [1, 0, 0],
+                         "prob": [0.95, 0.2, 0.6]})
+    data = segment.GatedSlices(None, rows, suv, gt, pd.DataFrame({"split": ["val"], "lesion_voxels": [4]},
+                                                                 index=pd.Index(["s"], name="study_id")))
+    gate, tuned, table = segment.tune_with_gate({"cam": cams}, data, [0.5], [50.0], [0.5, 0.9])
+    assert gate == 0.9 and tuned["cam"].dice == 1.0
+    assert table.loc[0.5, "cam"] == pytest.approx(2 * 4 / (4 + 4 + 16))

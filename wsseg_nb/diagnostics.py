@@ -1,0 +1,147 @@
+"""Stage diagnostics: which stage limits the weak method (data, shortcut, localization, gate, masks) (notebooks 02-04)."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+VISIBLE_SUV = 3.0
+"""A lesion slice is 'visible' when its lesion voxels reach this SUV (liver plus noise reaches about 3)."""
+
+
+def lesion_cells(masks: np.ndarray, cells: int) -> np.ndarray:
+    """(n, S, S) lesion masks -> (n, cells, cells) bool: the feature-map cells that hold any lesion voxel."""
+    masks = np.asarray(masks, dtype=bool)
+    n, size = masks.shape[0], masks.shape[-1]
+    if size % cells:
+        raise ValueError(f"slice size {size} is not a multiple of the map size {cells}")
+    f = size // cells
+    return masks.reshape(n, cells, f, cells, f).any(axis=(2, 4))
+
+
+def peak_in_lesion(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Pointing game per slice: does the map's maximum cell hold lesion voxels? (n, h, w), (n, S, S) -> bool (n,)."""
+    maps = np.asarray(maps, dtype=np.float32)
+    cells = lesion_cells(masks, maps.shape[-1]).reshape(len(maps), -1)
+    return cells[np.arange(len(maps)), maps.reshape(len(maps), -1).argmax(axis=1)]
+
+
+def cell_auc(maps: np.ndarray, masks: np.ndarray) -> float:
+    """ROC AUC of the map value as a score for 'this cell holds lesion', over all cells of the slices given."""
+    from sklearn.metrics import roc_auc_score
+
+    maps = np.asarray(maps, dtype=np.float32)
+    truth = lesion_cells(masks, maps.shape[-1]).ravel()
+    return float(roc_auc_score(truth, maps.ravel())) if truth.any() and not truth.all() else float("nan")
+
+
+def lesion_suvmax(suv: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Highest SUV inside each slice's lesion mask (0 where a slice has none): (n, S, S) -> (n,)."""
+    return np.where(np.asarray(masks, dtype=bool), suv, 0.0).reshape(len(suv), -1).max(axis=1)
+
+
+def relative_level(index: pd.DataFrame) -> np.ndarray:
+    """Each slice's position along its study's stored volume, 0 (first slice) to 1 (last)."""
+    n = index.groupby("study_id")["slice"].transform("max").to_numpy(float)
+    return index["slice"].to_numpy(float) / np.maximum(n, 1.0)
+
+
+def level_auc(index: pd.DataFrame, split: str = "val", bins: int = 20) -> float:
+    """The body-level shortcut's score: ROC AUC on `split` of the training tumor fraction at the slice's level."""
+    from sklearn.metrics import roc_auc_score
+
+    level = np.minimum((relative_level(index) * bins).astype(int), bins - 1)
+    labels = index["label"].to_numpy() > 0
+    train = (index["split"] == "train").to_numpy()
+    rate = (np.bincount(level[train], weights=labels[train], minlength=bins)
+            / np.maximum(np.bincount(level[train], minlength=bins), 1))
+    rows = (index["split"] == split).to_numpy()
+    return float(roc_auc_score(labels[rows], rate[level[rows]]))
+
+
+def pointing(hits: np.ndarray, suvmax: np.ndarray, visible_suv: float = VISIBLE_SUV) -> dict[str, float]:
+    """Share of tumor slices whose CAM peak cell holds lesion: all of them, and the visible ones (lesion SUV >= 3)."""
+    hits, visible = np.asarray(hits, bool), np.asarray(suvmax) >= visible_suv
+    return {"pointing": float(hits.mean()) if hits.size else float("nan"),
+            "pointing_visible": float(hits[visible].mean()) if visible.any() else float("nan")}
+
+
+@torch.no_grad()
+def cam_maps(model: nn.Module, x: torch.Tensor, batch: int = 128) -> np.ndarray:
+    """Classic CAM (Eq. 1, unnormalised) of raw slices x (n, 2, S, S), on the model's device, as float32 numpy."""
+    from .cam import scaled_input
+
+    device = next(model.parameters()).device
+    weight = model.fc.weight[0].float()
+    out = []
+    for xb in x.split(batch):
+        acts = model.features(scaled_input(model, xb.to(device))).float()
+        out.append(torch.einsum("k,bkhw->bhw", weight, acts).cpu())
+    return torch.cat(out).numpy()
+
+
+def pointing_probe(store, split: str = "val", batch: int = 128) -> Callable[[nn.Module], dict[str, float]]:
+    """A `train.fit` probe: pointing, pointing_visible and their mean with the AUC-free cell AUC, on `split`'s tumor slices.
+
+    The tumor slices are read once; each call runs one forward per batch in eval mode (BatchNorm frozen).
+    """
+    rows = np.flatnonzero(((store.index["split"] == split) & (store.index["label"] > 0)).to_numpy())
+    x, masks = store.read(rows)
+    suvmax = lesion_suvmax(x[:, 0], masks)
+    x = torch.from_numpy(x)
+
+    def probe(model: nn.Module) -> dict[str, float]:
+        flags = [(m, m.training) for m in model.modules()]
+        model.eval()
+        try:
+            maps = cam_maps(model, x, batch)
+        finally:
+            for module, flag in flags:
+                module.training = flag
+        return {**pointing(peak_in_lesion(maps, masks), suvmax), "cell_auc": cell_auc(maps, masks)}
+
+    return probe
+
+
+def gate_stats(labels: Sequence[int], probs: Sequence[float], threshold: float) -> dict[str, float]:
+    """Slices called tumorous at p >= threshold, and the precision and recall of that call."""
+    labels, called = np.asarray(labels) > 0, np.asarray(probs) >= threshold
+    hits = int((labels & called).sum())
+    return {"gate_threshold": float(threshold), "slices_called": int(called.sum()),
+            "gate_precision": hits / called.sum() if called.any() else float("nan"),
+            "gate_recall": hits / labels.sum() if labels.any() else float("nan")}
+
+
+def perfect_cams(gt: np.ndarray, cells: int) -> np.ndarray:
+    """A perfect CAM region: 1 on the feature-map cells that hold lesion voxels, 0 elsewhere (n, cells, cells)."""
+    return lesion_cells(gt, cells).astype(np.float32)
+
+
+def algorithm1_ceiling(data, cells: int, q_grid: Sequence[float]) -> float:
+    """Median per-study Dice of Algorithm 1 with a perfect gate and a perfect CAM region, best q (notebook 04).
+
+    `data` is a `segment.GatedSlices`; its truly tumorous slices are used. What the cell size alone allows.
+    """
+    from .segment import tune_algorithm1
+
+    oracle = data.oracle()
+    return tune_algorithm1(perfect_cams(oracle.gt, cells), oracle.suv, oracle.gt, oracle.rows["study_id"],
+                           oracle.gt_total, [0.5], q_grid, desc="ceiling").dice
+
+
+def write(run_dir, **values: float) -> dict[str, float]:
+    """Merge `values` into RUN_DIR/classifier/diagnostics.json (written atomically) and return the whole record."""
+    import json
+    from pathlib import Path
+
+    from .runs import write_json_atomic
+
+    path = Path(run_dir) / "classifier" / "diagnostics.json"
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    record.update({k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v)
+                   for k, v in values.items()})
+    write_json_atomic(path, record)
+    return record
