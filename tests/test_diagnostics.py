@@ -61,7 +61,7 @@ def test_near_negatives_and_sampler_mix():
     sampler = train.BalancedSampler(index["label"].to_numpy(), torch.Generator().manual_seed(0), near, 1.0)
     drawn = list(sampler)
     assert len(drawn) == 2 and 3 in drawn and set(drawn) - {3} <= {1, 2, 4, 5}
-    with pytest.raises(ValueError, match="near_fraction"):
+    with pytest.raises(ValueError, match="pool_fraction"):
         train.BalancedSampler(index["label"].to_numpy(), torch.Generator(), near, 1.5)
 
 

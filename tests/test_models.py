@@ -7,7 +7,7 @@ import torchvision
 from torchvision.models import VGG16_Weights
 
 from wsseg_nb import models
-from wsseg_nb.models import UNet, VGG16CAM, imagenet_features_state, init_first_conv_from_rgb
+from wsseg_nb.models import lsuv_, UNet, VGG16CAM, imagenet_features_state, init_first_conv_from_rgb
 
 
 def _convs(module: torch.nn.Module) -> list[torch.nn.Conv2d]:
@@ -124,3 +124,17 @@ def test_unet_structure_and_bad_sizes() -> None:
     assert (net.out.kernel_size, net.out.out_channels) == ((1, 1), 1)
     with pytest.raises(ValueError, match="divisible by 8"):
         UNet(width=1 / 16)(torch.zeros(1, 2, 36, 32))
+
+
+def test_lsuv_gives_every_conv_unit_output_variance_and_unit_logit_spread() -> None:
+    torch.manual_seed(0)
+    model = VGG16CAM(width=1 / 16)
+    x = torch.rand(16, 2, 32, 32) * torch.tensor([8.0, 2000.0]).view(1, 2, 1, 1) - torch.tensor([0.0, 1000.0]).view(1, 2, 1, 1)
+    lsuv_(model, x)
+    h = model.scale(x)
+    with torch.no_grad():
+        for layer in model.features:
+            if isinstance(layer, torch.nn.Conv2d):
+                assert float(layer(h).std()) == pytest.approx(1.0, rel=1e-4)
+            h = layer(h)
+        assert float(model(x).std()) == pytest.approx(1.0, rel=1e-4)

@@ -126,13 +126,14 @@ def test_balanced_fit_visits_twice_the_tumor_slices_and_guards_resume(tmp_path: 
 
 
 def _fit(out: Path, epochs: int, lr: float = 0.05, workers: int = 0, n_train: int = 16,
-         adam: bool = False, sampling: str = "all") -> tuple[VGG16CAM, pd.DataFrame]:
+         adam: bool = False, sampling: str = "all", schedule: str = "constant", warmup: float = 0.0,
+         probe=None) -> tuple[VGG16CAM, pd.DataFrame]:
     torch.manual_seed(0)
     model = VGG16CAM(width=1 / 16)
     opt = torch.optim.Adam(model.parameters(), lr=lr) if adam else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     hist = train.fit(model, opt, ToySlices(n_train, 1), ToySlices(16, 2), kind="classifier", out_dir=out, epochs=epochs,
                      batch=8 if adam else 4, pos_weight=7.7, seed=3, device=torch.device("cpu"), workers=workers,
-                     sampling=sampling, hparams={"lr": lr})
+                     sampling=sampling, schedule=schedule, warmup_epochs=warmup, probe=probe, hparams={"lr": lr})
     return model, hist
 
 
@@ -152,6 +153,36 @@ def test_resume_equals_uninterrupted(tmp_path: Path, sampling: str) -> None:
     assert not list((tmp_path / "a").glob("*.tmp"))
     with pytest.raises(ValueError, match=r"differ in \['lr'\]"):
         _fit(tmp_path / "a", 5, lr=0.01, sampling=sampling)
+
+
+def test_lr_factor_by_hand() -> None:
+    assert train.lr_factor(0.5, 8, "constant", 1.0) == pytest.approx(0.5)    # half-way through the warm-up
+    assert train.lr_factor(3.0, 8, "constant", 1.0) == 1.0
+    assert train.lr_factor(4.0, 8, "cosine") == pytest.approx(0.5)            # cos(pi / 2) = 0
+    assert train.lr_factor(2.0, 8, "cosine") == pytest.approx((1 + np.sqrt(0.5)) / 2)
+    with pytest.raises(ValueError, match="schedule"):
+        train.lr_factor(0.0, 8, "step")
+
+
+def test_interrupted_cosine_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def stop_in_epoch_3(model):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return {"extra": float(len(calls))}
+
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path / "a", 4, adam=True, lr=1e-3, schedule="cosine", warmup=1.0, probe=stop_in_epoch_3)
+    assert torch.load(tmp_path / "a" / "last.pt", weights_only=False)["epoch"] == 2
+    resumed, _ = _fit(tmp_path / "a", 4, adam=True, lr=1e-3, schedule="cosine", warmup=1.0)
+    straight, hist = _fit(tmp_path / "b", 4, adam=True, lr=1e-3, schedule="cosine", warmup=1.0)
+    for (name, p), q in zip(resumed.state_dict().items(), straight.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert "val_extra" not in hist  # the uninterrupted run had no probe
+    with pytest.raises(ValueError, match=r"differ in \['epochs'\]"):
+        _fit(tmp_path / "a", 5, adam=True, lr=1e-3, schedule="cosine", warmup=1.0)
 
 
 class KeptBar(tqdm):

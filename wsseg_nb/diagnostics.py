@@ -115,6 +115,19 @@ def gate_stats(labels: Sequence[int], probs: Sequence[float], threshold: float) 
             "gate_recall": hits / labels.sum() if labels.any() else float("nan")}
 
 
+def store_lesion_uptake(store, split: str | None = None) -> pd.DataFrame:
+    """`metrics.lesion_uptake` of every study (of `split`) on the store grid, with its study and diagnosis (nb 01)."""
+    from .metrics import lesion_uptake
+
+    index = store.index if split is None else store.index[store.index["split"] == split]
+    frames = []
+    for sid, diagnosis in index.groupby("study_id")["diagnosis"].first().items():
+        study = store.study(sid)
+        frames.append(lesion_uptake(np.asarray(study.suv), np.asarray(study.mask), study.meta["spacing_mm"])
+                      .assign(study_id=sid, diagnosis=diagnosis))
+    return pd.concat(frames, ignore_index=True)
+
+
 def perfect_cams(gt: np.ndarray, cells: int) -> np.ndarray:
     """A perfect CAM region: 1 on the feature-map cells that hold lesion voxels, 0 elsewhere (n, cells, cells)."""
     return lesion_cells(gt, cells).astype(np.float32)

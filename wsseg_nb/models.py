@@ -146,6 +146,25 @@ class VGG16CAM(nn.Module):
         return self.fc(self.pool(self.features(self.scale(x))).flatten(1)).squeeze(1)
 
 
+@torch.no_grad()
+def lsuv_(model: VGG16CAM, x: torch.Tensor) -> VGG16CAM:
+    """Data-dependent init (LSUV, Mishkin & Matas 2016): each conv's weights rescaled in place so that its output
+    has unit variance on the batch x (raw [SUV, HU] slices), then the FC so that the logits' standard deviation
+    over the batch is 1. With torchvision's init the plain stack's logits barely vary (std ~1e-3) at the start."""
+    h = model.scale(x)
+    for layer in model.features:
+        if isinstance(layer, nn.Conv2d):
+            std = float(layer(h).std())
+            if std > 0:
+                layer.weight /= std
+                layer.bias /= std
+        h = layer(h)
+    std = float((model.pool(h).flatten(1) @ model.fc.weight[0]).std())
+    if std > 0:
+        model.fc.weight /= std
+    return model
+
+
 def _double_conv(cin: int, cout: int) -> nn.Sequential:
     """Two 3x3 conv + ReLU (no normalisation, as the authors' U-Net)."""
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True),

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .augment import augment, sample_params
 from .config import SAMPLINGS
 from .diagnostics import pointing_probe
-from .models import UNet, VGG16CAM
+from .models import UNet, VGG16CAM, lsuv_
 from .runs import write_csv_atomic
 
 if TYPE_CHECKING:
@@ -127,25 +127,25 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, kind: str, pos_weight: 
 class BalancedSampler(Sampler[int]):
     """Every tumor slice plus as many tumor-free slices, the latter drawn afresh each epoch, in shuffled order.
 
-    A share `near_fraction` of the tumor-free slices is drawn from `near` (tumor-free slices close to a tumor slice
-    of the same study, `near_negatives`): at the lesions' body level the slice's position tells nothing.
+    A share `pool_fraction` of the tumor-free slices is drawn from `pool`, e.g. tumor-free slices close to a
+    tumor slice of the same study (`near_negatives`): at the lesions' body level the slice's position tells nothing.
     """
 
-    def __init__(self, labels: np.ndarray, generator: torch.Generator, near: np.ndarray | None = None,
-                 near_fraction: float = 0.0) -> None:
+    def __init__(self, labels: np.ndarray, generator: torch.Generator, pool: np.ndarray | None = None,
+                 pool_fraction: float = 0.0) -> None:
         labels = np.asarray(labels) > 0
         self.pos = torch.from_numpy(np.flatnonzero(labels))
         self.neg = torch.from_numpy(np.flatnonzero(~labels))
         if not len(self.pos) or not len(self.neg):
             raise ValueError(f"balanced sampling needs tumor and tumor-free slices, got {len(self.pos)} and "
                              f"{len(self.neg)}")
-        if not 0.0 <= near_fraction <= 1.0:
-            raise ValueError(f"near_fraction must lie in [0, 1], got {near_fraction}")
-        self.near = torch.as_tensor(np.asarray([] if near is None else near, dtype=np.int64))
-        if near_fraction > 0 and (not len(self.near) or labels[self.near.numpy()].any()):
-            raise ValueError("near-negative sampling needs a non-empty pool of tumor-free slices")
+        if not 0.0 <= pool_fraction <= 1.0:
+            raise ValueError(f"pool_fraction must lie in [0, 1], got {pool_fraction}")
+        self.pool = torch.as_tensor(np.asarray([] if pool is None else pool, dtype=np.int64))
+        if pool_fraction > 0 and (not len(self.pool) or labels[self.pool.numpy()].any()):
+            raise ValueError("pool sampling needs a non-empty pool of tumor-free slices")
         self.n = min(len(self.pos), len(self.neg))
-        self.n_near = int(round(near_fraction * self.n))
+        self.n_pool = int(round(pool_fraction * self.n))
         self.generator = generator
 
     def __len__(self) -> int:
@@ -154,9 +154,9 @@ class BalancedSampler(Sampler[int]):
     def __iter__(self):
         g = self.generator
         pos = self.pos[torch.randperm(len(self.pos), generator=g)[:self.n]]
-        neg = self.neg[torch.randperm(len(self.neg), generator=g)[:self.n - self.n_near]]
-        near = self.near[torch.randint(len(self.near), (self.n_near,), generator=g)] if self.n_near else neg[:0]
-        both = torch.cat([pos, neg, near])
+        neg = self.neg[torch.randperm(len(self.neg), generator=g)[:self.n - self.n_pool]]
+        extra = self.pool[torch.randint(len(self.pool), (self.n_pool,), generator=g)] if self.n_pool else neg[:0]
+        both = torch.cat([pos, neg, extra])
         return iter(both[torch.randperm(len(both), generator=g)].tolist())
 
 
@@ -178,15 +178,15 @@ def near_negatives(dataset: Dataset, distance: int = NEAR_SLICES) -> np.ndarray:
 
 
 def _loader(dataset: Dataset, batch: int, workers: int, device: torch.device,
-            generator: torch.Generator | None = None, sampling: str = "all", near_fraction: float = 0.0) -> DataLoader:
+            generator: torch.Generator | None = None, sampling: str = "all", pool_fraction: float = 0.0) -> DataLoader:
     """A DataLoader streaming from the slice store (shuffled with `generator` when given; `sampling` as in `fit`)."""
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
     if generator is None:
         sampler = None
     elif sampling == "balanced":
-        near = near_negatives(dataset) if near_fraction > 0 else None
-        sampler = BalancedSampler(dataset.labels, generator, near, near_fraction)
+        pool = near_negatives(dataset) if pool_fraction > 0 else None
+        sampler = BalancedSampler(dataset.labels, generator, pool, pool_fraction)
     else:
         sampler = RandomSampler(dataset, generator=generator)
     # the generator drives only the sampler: the DataLoader draws worker base seeds from it once per fresh
@@ -195,17 +195,32 @@ def _loader(dataset: Dataset, batch: int, workers: int, device: torch.device,
                       pin_memory=device.type == "cuda", persistent_workers=workers > 0, drop_last=False)
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(progress: float, epochs: int, schedule: str = "constant", warmup_epochs: float = 0.0) -> float:
+    """Learning-rate multiplier at `progress` epochs: linear warm-up, then constant or a half cosine to 0 at the end."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    warm = min(1.0, (progress + 1e-9) / warmup_epochs) if warmup_epochs > 0 else 1.0
+    decay = 0.5 * (1.0 + np.cos(np.pi * progress / epochs)) if schedule == "cosine" else 1.0
+    return float(warm * decay)
+
+
 def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset, val_set: Dataset, *,
         kind: str, out_dir: Path, epochs: int, batch: int, pos_weight: float, seed: int,
         device: torch.device, workers: int = 0, engine: str = "torch", sampling: str = "all",
-        near_fraction: float = 0.0, probe: Callable[[torch.nn.Module], dict[str, float]] | None = None,
-        select: str | None = None, hparams: dict[str, Any] | None = None, resume: bool = True) -> pd.DataFrame:
+        pool_fraction: float = 0.0, probe: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+        select: str | None = None, schedule: str = "constant", warmup_epochs: float = 0.0,
+        hparams: dict[str, Any] | None = None, resume: bool = True) -> pd.DataFrame:
     """Train with augmentation; per epoch validate, write last.pt (atomic), best.pt and history.csv; resume from last.pt.
 
     An epoch visits every training slice (`sampling="all"`), or every tumor slice plus as many tumor-free ones
     drawn afresh per epoch (`"balanced"`, `BalancedSampler`); validation always uses every validation slice.
 
-    `probe(model)` adds validation scores of its own to each epoch's row (prefixed `val_`). Best = highest
+    The learning rate is the optimizer's, ramped up linearly over `warmup_epochs` and, with schedule 'cosine',
+    decayed to 0 along a half cosine over all epochs (`lr_factor`; a pure function of the step, so resuming
+    needs no scheduler state). `probe(model)` adds validation scores of its own to each epoch's row (prefixed `val_`). Best = highest
     `select` (a row column), by default validation AUC (classifier) or pooled Dice (U-Net). Shuffling and
     augmentation are seeded per epoch, so a resumed run ends with the same weights as an uninterrupted one
     (notebooks 02, 05).
@@ -216,7 +231,10 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
     out_dir.mkdir(parents=True, exist_ok=True)
     select = select or ("val_auc" if kind == "classifier" else "val_dice")
     hparams = {**(hparams or {}), "kind": kind, "batch": batch, "pos_weight": pos_weight, "seed": seed,
-               "engine": engine, "sampling": sampling, "near_fraction": near_fraction, "select": select}
+               "engine": engine, "sampling": sampling, "pool_fraction": pool_fraction, "select": select,
+               "schedule": schedule, "warmup_epochs": warmup_epochs}
+    if schedule == "cosine":  # the decay depends on the total: a longer resumed run would change past epochs' lr
+        hparams["epochs"] = epochs
     model.to(device, memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -233,8 +251,11 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, history, best = state["epoch"], state["history"], state["best"]
+    base_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+    for group, base in zip(optimizer.param_groups, base_lrs):
+        group["initial_lr"] = base  # kept in the optimizer state, so a resumed run scales the same base
     generator = torch.Generator()
-    train_loader = _loader(train_set, batch, workers, device, generator, sampling, near_fraction)
+    train_loader = _loader(train_set, batch, workers, device, generator, sampling, pool_fraction)
     val_loader = _loader(val_set, batch, workers, device)
     for epoch in range(start, epochs):
         generator.manual_seed(_epoch_seed(seed, epoch))
@@ -249,6 +270,9 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
         t_fetch = time.perf_counter()
         for x, label, mask in train_loader:
             wait += time.perf_counter() - t_fetch
+            factor = lr_factor(epoch + steps / len(train_loader), epochs, schedule, warmup_epochs)
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base * factor
             x, label, mask = _to_device((x, label, mask), device)
             x, mask = augment(x, mask, sample_params(len(x), aug_gen), engine)
             loss = weighted_ce(_forward(model, x, device), _target(kind, label, mask), pos_weight)
@@ -309,15 +333,32 @@ def train_classifier(run: Run, resume: bool = True) -> pd.DataFrame:
     c = run.config
     torch.manual_seed(c.seed)
     model = classifier_model(c)
+    train_set, val_set = _datasets(run)
+    if c.vgg_init == "lsuv" and not model.pretrained:
+        lsuv_(model, init_batch(train_set, c.seed))
     optimizer = classifier_optimizer(model, c)
     hparams = {"width": c.vgg_width, "pretrained": c.pretrained, "norm": c.vgg_norm, "stride": c.vgg_stride,
+               "init": c.vgg_init,
                "optimizer": c.cls_optimizer, "lr": c.cls_lr, "momentum": c.cls_momentum, "slice_size": c.slice_size}
-    train_set, val_set = _datasets(run)
     return fit(model, optimizer, train_set, val_set, kind="classifier", out_dir=run.dir / "classifier",
                epochs=c.cls_epochs, batch=c.cls_batch, pos_weight=c.cls_pos_weight, seed=c.seed,
                device=run.device, workers=c.workers, engine=c.augment_engine, sampling=c.cls_sampling,
-               near_fraction=c.cls_near_negatives, probe=pointing_probe(val_set.store, "val"),
-               select=c.cls_select, hparams=hparams, resume=resume)
+               pool_fraction=c.cls_near_negatives, probe=pointing_probe(val_set.store, "val"),
+               select=c.cls_select, schedule=c.cls_schedule, warmup_epochs=c.cls_warmup_epochs, hparams=hparams,
+               resume=resume)
+
+
+LSUV_SLICES = 64
+
+
+def init_batch(dataset: Dataset, seed: int, n: int = LSUV_SLICES) -> torch.Tensor:
+    """A seeded batch of training slices, half with tumor when the split allows, for a data-dependent init."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(dataset.labels) > 0
+    pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels)
+    k = min(n // 2, len(pos))
+    items = np.concatenate([rng.choice(pos, k, replace=False), rng.choice(neg, min(n - k, len(neg)), replace=False)])
+    return dataset.batch(np.sort(items))[0]
 
 
 def classifier_model(c: Config, pretrained: str | None = None) -> VGG16CAM:
