@@ -36,7 +36,7 @@ from wsseg_nb.plots import images
 
 run = runs.start(profile, run_dir, **overrides)
 cfg = run.config
-print(f"profile {cfg.profile}, device {run.device}, run directory {run.dir}")
+print(f"profile {cfg.profile}, device {run.device}")
 pd.DataFrame(describe(cfg), columns=["setting", "value", "source"]).set_index("setting").loc[
     ["manifest", "subset", "spacing_mm", "slice_size", "split_fractions", "workers"]]
 

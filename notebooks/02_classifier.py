@@ -217,6 +217,15 @@ record = diagnostics.write(run.dir, val_auc=summary.loc["val", "auc"], level_auc
 pd.Series(record).round(3)
 
 # %% [markdown]
+# **Reading the numbers.** The shortcut alone scores a validation AUC of 0.87 here, *higher* than this
+# classifier's 0.83: a classifier could beat it by learning the level, and the near negatives are there to stop
+# that. The kept epoch's map peaks on a lesion on 55 % of the validation tumor slices (60 % of those with a
+# visible lesion, target 75 %), and a lesion cell outranks a lesion-free cell 92 % of the time. The learning
+# curves show why the epoch is chosen by pointing: from epoch 6 the AUC still rises (0.85, 0.89) while pointing
+# falls to 0.35 and 0.29. The network keeps classifying but its evidence drifts off the lesion: with global
+# average pooling nothing in the loss says *where* in the slice the evidence must sit.
+
+# %% [markdown]
 # ## 8. Slices with their predicted probability
 #
 # Confident hits, missed tumor slices and false alarms of the validation split. Misses are typically small,

@@ -202,6 +202,14 @@ pd.Series({k: record[k] for k in ("gate_threshold", "slices_called", "gate_preci
                                   *(f"val_dice_{m}" for m in methods), "algorithm1_ceiling")}).round(3)
 
 # %% [markdown]
+# **Which stage limits this run.** The ceiling (0.46) is what 32 mm cells allow with a perfect region; the
+# maps themselves reach only 0.07–0.15 even with a perfect gate, and 0.08–0.09 with the real one (p ≥ 0.5 was
+# the best gate: every stricter one lost more lesion slices than false ones). So the **maps** are the limiting
+# stage, not the gate: a CAM that peaks on the lesion on 60 % of the visible slices is still too broad and too
+# often elsewhere, and the search ends at the corner of the paper's grid ($t = 0.9$, $q = 50$): the smallest
+# region and the highest SUV cut it offers. The paper's result (median Dice 0.46) is not reproduced here.
+
+# %% [markdown]
 # ## 5. Explore $t$ and $q$
 #
 # The explorer shows, for any study and slice of the validation and test sets: PET over CT with the ground
