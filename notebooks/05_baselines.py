@@ -67,7 +67,7 @@ print(f"gated slices (classifier p >= {gate}, notebook 04): validation {len(val.
 # %%
 rows = []
 for semantics in segment.SEMANTICS:
-    tuned = segment.tune_global_threshold(val.suv, val.gt, val.rows["study_id"], val.gt_total, cfg.q_grid, semantics)
+    tuned = segment.tune_global_threshold(val.suv, val.gt, val.rows["study_id"], val.gt_total, cfg.threshold_grid, semantics)
     inter, pred = segment.global_threshold_counts(test.suv, test.gt, [tuned.params["p"]], semantics)
     test_dice = segment.study_dice(inter, pred, test.rows["study_id"], test.gt_total)[:, 0]
     rows.append({"semantics": semantics, "p": tuned.params["p"], "val median Dice": tuned.dice,
