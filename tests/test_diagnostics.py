@@ -89,3 +89,10 @@ def test_tune_with_gate_drops_a_false_slice():
     gate, tuned, table = segment.tune_with_gate({"cam": cams}, data, [0.5], [50.0], [0.5, 0.9])
     assert gate == 0.9 and tuned["cam"].dice == 1.0
     assert table.loc[0.5, "cam"] == pytest.approx(2 * 4 / (4 + 4 + 16))
+
+
+def test_write_merges_records_atomically(tmp_path):
+    diagnostics.write(tmp_path, val_auc=np.float32(0.5), slices_called=np.int64(3))
+    record = diagnostics.write(tmp_path, val_auc=0.75, gate_threshold=0.9)
+    assert record == {"val_auc": 0.75, "slices_called": 3.0, "gate_threshold": 0.9}
+    assert sorted(p.name for p in (tmp_path / "classifier").iterdir()) == ["diagnostics.json"]

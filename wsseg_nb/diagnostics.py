@@ -1,7 +1,10 @@
 """Stage diagnostics: which stage limits the weak method (data, shortcut, localization, gate, masks) (notebooks 02-04)."""
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -84,7 +87,7 @@ def cam_maps(model: nn.Module, x: torch.Tensor, batch: int = 128) -> np.ndarray:
 
 
 def pointing_probe(store, split: str = "val", batch: int = 128) -> Callable[[nn.Module], dict[str, float]]:
-    """A `train.fit` probe: pointing, pointing_visible and their mean with the AUC-free cell AUC, on `split`'s tumor slices.
+    """A `train.fit` probe: pointing, pointing_visible and cell_auc on `split`'s tumor slices of a SliceStore.
 
     The tumor slices are read once; each call runs one forward per batch in eval mode (BatchNorm frozen).
     """
@@ -145,11 +148,8 @@ def algorithm1_ceiling(data, cells: int, q_grid: Sequence[float]) -> float:
                            oracle.gt_total, [0.5], q_grid, desc="ceiling").dice
 
 
-def write(run_dir, **values: float) -> dict[str, float]:
+def write(run_dir: str | os.PathLike[str], **values: float) -> dict[str, float]:
     """Merge `values` into RUN_DIR/classifier/diagnostics.json (written atomically) and return the whole record."""
-    import json
-    from pathlib import Path
-
     from .runs import write_json_atomic
 
     path = Path(run_dir) / "classifier" / "diagnostics.json"
