@@ -175,6 +175,12 @@ def _scorecam(model: nn.Module, x: Tensor, layer: nn.Module, topk: int, batch_si
     return _combine(weights, a)
 
 
+def classic_cam(model: nn.Module, x: Tensor) -> Tensor:
+    """Eq. 1 as written, unnormalised and without ReLU: M = sum_k v_k A_k of raw slices x (B,2,S,S) -> (B,h,w)."""
+    acts = model.features(scaled_input(model, x)).float()
+    return torch.einsum("k,bkhw->bhw", model.fc.weight[0].float(), acts)
+
+
 def compute_cams(model: nn.Module, x: Tensor, method: str, *,
                  target_layer: nn.Module | Sequence[nn.Module] | None = None, topk: int = 0,
                  batch_size: int = 64) -> Tensor:
@@ -209,8 +215,7 @@ def compute_cams(model: nn.Module, x: Tensor, method: str, *,
             else:
                 with torch.inference_mode():
                     if method == "cam":
-                        acts = model.features(scaled_input(model, xb)).float()
-                        maps = torch.einsum("k,bkhw->bhw", model.fc.weight[0].float(), acts)  # Eq. 1: no ReLU
+                        maps = classic_cam(model, xb)
                     else:
                         maps = _scorecam(model, xb, layers[0], topk, batch_size)
             chunks.append(normalize_maps(maps).to(x.device))

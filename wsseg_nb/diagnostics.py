@@ -75,15 +75,10 @@ def pointing(hits: np.ndarray, suvmax: np.ndarray, visible_suv: float = VISIBLE_
 @torch.no_grad()
 def cam_maps(model: nn.Module, x: torch.Tensor, batch: int = 128) -> np.ndarray:
     """Classic CAM (Eq. 1, unnormalised) of raw slices x (n, 2, S, S), on the model's device, as float32 numpy."""
-    from .cam import scaled_input
+    from .cam import classic_cam
 
     device = next(model.parameters()).device
-    weight = model.fc.weight[0].float()
-    out = []
-    for xb in x.split(batch):
-        acts = model.features(scaled_input(model, xb.to(device))).float()
-        out.append(torch.einsum("k,bkhw->bhw", weight, acts).cpu())
-    return torch.cat(out).numpy()
+    return torch.cat([classic_cam(model, xb.to(device)).cpu() for xb in x.split(batch)]).numpy()
 
 
 def pointing_probe(store, split: str = "val", batch: int = 128) -> Callable[[nn.Module], dict[str, float]]:
@@ -97,13 +92,10 @@ def pointing_probe(store, split: str = "val", batch: int = 128) -> Callable[[nn.
     x = torch.from_numpy(x)
 
     def probe(model: nn.Module) -> dict[str, float]:
-        flags = [(m, m.training) for m in model.modules()]
-        model.eval()
-        try:
+        from .cam import eval_mode
+
+        with eval_mode(model):
             maps = cam_maps(model, x, batch)
-        finally:
-            for module, flag in flags:
-                module.training = flag
         return {**pointing(peak_in_lesion(maps, masks), suvmax), "cell_auc": cell_auc(maps, masks)}
 
     return probe
