@@ -11,6 +11,7 @@ import yaml
 from wsseg_nb.__main__ import build_parser, parse_overrides
 from wsseg_nb.chain import clean_notebook, discover_notebooks
 from wsseg_nb.config import get_config
+from wsseg_nb.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDA_TO_PIP = {"pytorch": "torch"}
@@ -59,7 +60,7 @@ def test_unknown_profile_is_rejected() -> None:
 def test_cli_parses_repeatable_overrides() -> None:
     args = build_parser().parse_args(["run", "--profile", "paper", "-p", "cls_epochs=2", "-p", "seed=3"])
     assert args.profile == "paper" and parse_overrides(args.params) == {"cls_epochs": "2", "seed": "3"}
-    with pytest.raises(SystemExit):
+    with pytest.raises(InputError, match="-p expects key=value, got 'cls_epochs'"):
         parse_overrides(["cls_epochs"])
 
 
@@ -96,3 +97,77 @@ def test_notebook_pair_in_sync_and_clean(source: Path) -> None:
     assert all(not set(c.metadata) & {"papermill", "execution"} for c in committed.cells)
     assert any("parameters" in c.metadata.get("tags", []) for c in committed.cells), "no papermill parameters cell"
     assert paired.stat().st_size < 1_500_000, f"{paired.name} is over 1.5 MB"
+
+
+FROZEN_BAR = re.compile(r"\b\d{1,3}%\|")  # a tqdm bar's "k%|" left in an output
+ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:root|home|tmp|work|Users|mnt|private|var)/[\w.-]+")
+
+
+def output_defects(nb) -> list[str]:
+    """What a committed notebook's outputs must not carry: errors, widget bars, unfinished text bars, machine paths."""
+    found = []
+    for k, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            if out.output_type == "error":
+                found.append(f"cell {k}: error output {out.ename}")
+            data = out.get("data", {})
+            if "application/vnd.jupyter.widget-view+json" in data and "text/plain" in data \
+                    and "Box(" not in data["text/plain"]:
+                found.append(f"cell {k}: widget progress bar")
+            text = out.get("text", "") + "".join(v for key, v in data.items() if key.startswith("text/") and isinstance(v, str))
+            if any(m.group(0) != "100%|" for m in FROZEN_BAR.finditer(text)):
+                found.append(f"cell {k}: unfinished progress bar")
+            found += [f"cell {k}: absolute path {m.group(0)}" for m in ABSOLUTE_PATH.finditer(text)]
+    return found
+
+
+def test_output_defects_are_found() -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("x")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text="cams:  40%|####  | 4/10\n"),
+                    nbformat.v4.new_output("stream", name="stdout", text="run directory /root/wsseg/runs/demo\n"),
+                    nbformat.v4.new_output("stream", name="stderr", text="cams: 100%|######| 10/10\n"),
+                    nbformat.v4.new_output("error", ename="KeyError", evalue="x", traceback=[])]
+    nb.cells = [cell]
+    assert output_defects(nb) == ["cell 0: unfinished progress bar", "cell 0: absolute path /root/wsseg",
+                                  "cell 0: error output KeyError"]
+
+
+@pytest.mark.parametrize("source", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_committed_outputs_are_clean(source: Path) -> None:
+    import nbformat
+
+    paired = source.with_suffix(".ipynb")
+    assert output_defects(nbformat.read(paired, as_version=4)) == []
+    assert paired.stat().st_size <= 400_000, f"{paired.name} is over 400 KB"
+
+
+def test_cli_parameters_reach_the_notebooks_that_declare_them() -> None:
+    from wsseg_nb.chain import split_parameters
+
+    overrides, own = split_parameters({"cls_epochs": "2", "resume": "False", "split": "val"}, NOTEBOOKS)
+    assert overrides == {"cls_epochs": "2"}
+    assert own["02_classifier"] == {"resume": False} and own["05_baselines"] == {"resume": False}
+    assert own["06_statistics"] == {"split": "val"} and own["01_data_and_suv"] == {}
+    with pytest.raises(InputError, match=r"unknown parameter\(s\) \['resumee'\].*'resume'"):
+        split_parameters({"resumee": "1"}, NOTEBOOKS)
+
+
+def test_only_names_the_notebooks_that_exist(tmp_path: Path) -> None:
+    from wsseg_nb.chain import run_chain
+
+    with pytest.raises(InputError, match="--only 07 matches no notebook; the chain has 01_data_and_suv, 02_"):
+        run_chain("demo", tmp_path, only=["07"])
+    assert not any(tmp_path.iterdir())  # nothing written for a refused run
+
+
+def test_progress_bars_are_plain_text() -> None:
+    import io
+
+    from wsseg_nb.progress import progress
+
+    buf = io.StringIO()
+    assert list(progress(range(3), desc="studies", file=buf, mininterval=0)) == [0, 1, 2]
+    assert "studies: 100%|" in buf.getvalue() and "3/3" in buf.getvalue()

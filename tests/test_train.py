@@ -198,7 +198,7 @@ class KeptBar(tqdm):
 def test_fit_stops_its_worker_processes_although_the_progress_bar_lives_on(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers left to the garbage collector were joined later on whatever thread it ran, stalling a notebook kernel."""
-    monkeypatch.setattr(train, "tqdm", KeptBar)
+    monkeypatch.setattr(train, "progress", KeptBar)
     before = set(multiprocessing.active_children())
     _fit(tmp_path, 2, workers=2)
     assert KeptBar.kept and set(multiprocessing.active_children()) <= before
@@ -233,14 +233,15 @@ def test_predictions_and_unet_mask_files(tmp_path: Path) -> None:
     pred = train.predict_classifier(model, store, ("val", "test"), batch=3)
     assert pred.columns.tolist() == ["study_id", "slice", "split", "label", "prob"]
     assert pred["study_id"].tolist() == ["B"] * 4 + ["C"] * 4
-    with torch.no_grad():
-        expected = torch.sigmoid(model(torch.from_numpy(store.x[4:]))).numpy()
+    bf16 = torch.autocast("cpu", dtype=torch.bfloat16, enabled=train.native_bf16(torch.device("cpu")))
+    with torch.no_grad(), bf16:  # the same precision as the package's forward pass
+        expected = torch.sigmoid(model(torch.from_numpy(store.x[4:])).float()).numpy()
     np.testing.assert_allclose(pred["prob"], expected, rtol=1e-5)
     unet = UNet(width=1 / 16).eval()
     studies = train.predict_unet_masks(unet, store, tmp_path, ("val", "test"), batch=3)
     assert studies == ["B", "C"]
-    with torch.no_grad():
-        expected_mask = (unet(torch.from_numpy(store.x[8:]))[:, 0] >= 0).numpy()
+    with torch.no_grad(), bf16:
+        expected_mask = (unet(torch.from_numpy(store.x[8:])).float()[:, 0] >= 0).numpy()
     with np.load(tmp_path / "masks" / "unet" / "C.npz") as f:
         assert f["mask"].dtype == bool and f["mask"].shape == (4, SIZE, SIZE)
         assert np.array_equal(f["mask"], expected_mask)

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import PROFILES, get_config
-from .runs import resolve_path
+from .errors import InputError
+from .runs import resolve_path, writable_dir
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -16,7 +17,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"error: -p expects key=value, got {pair!r}")
+            raise InputError(f"-p expects key=value, got {pair!r}")
         overrides[key.strip()] = value.strip()
     return overrides
 
@@ -25,7 +26,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="demo", help="settings profile (default demo)")
     parser.add_argument("--manifest", help="study table (default: the committed synthetic cohort)")
     parser.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config value (repeatable), e.g. -p cls_epochs=2")
+                        help="override one config value (repeatable), e.g. -p cls_epochs=2; `run` also takes "
+                             "the notebooks' own parameters, e.g. -p resume=False -p split=val")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -75,7 +77,8 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
     config = _config(args)
     studies = load_manifest(resolve_path(config.manifest), subset=config.subset)
-    store = preprocess_cohort(studies, args.out, spacing_mm=config.spacing_mm, slice_size=config.slice_size,
+    out = writable_dir(args.out, "slice store")
+    store = preprocess_cohort(studies, out, spacing_mm=config.spacing_mm, slice_size=config.slice_size,
                               split_fractions=config.split_fractions, seed=config.seed,
                               workers=args.workers or config.workers)
     print(f"slice store at {args.out}: {len(store.index)} slices of {len(store.studies)} studies")
@@ -95,6 +98,7 @@ def cmd_manifest_autopet(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the CLI."""
     parser = argparse.ArgumentParser(prog="python -m wsseg_nb", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an input error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="execute the numbered notebooks headless with papermill")
@@ -126,11 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point."""
+    """Entry point: bad input is one line on stderr and exit status 2 (the traceback only with --debug)."""
     args = build_parser().parse_args(argv)
     if getattr(args, "run_dir", "unset") is None:
         args.run_dir = f"runs/{args.profile}"
-    return args.func(args)
+    try:
+        return args.func(args)
+    except InputError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from .progress import progress
 from .runs import write_csv_atomic
 from .segment import upscale_nearest
 from .slices import index_positions
@@ -233,7 +233,7 @@ def cams_for_slices(model: nn.Module, store: Any, positions: Sequence[int] | np.
     n = len(positions)
     out: dict[str, np.ndarray] = {}
     starts = range(0, n, batch_size) if n else [None]
-    for start in tqdm(starts, desc="CAMs", unit="batch", disable=not n):
+    for start in progress(starts, desc="CAMs", unit="batch", disable=not n):
         chunk = positions[start:start + batch_size] if n else np.zeros(1, dtype=np.int64)
         x = torch.from_numpy(np.ascontiguousarray(store.read(chunk)[0])).to(device)
         for method in methods:

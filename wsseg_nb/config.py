@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError
+
 
 def _p(default: Any, source: str) -> Any:
     """A config field with its provenance (paper section or the reason for a demo deviation)."""
@@ -172,19 +174,74 @@ def _coerce(value: Any, default: Any) -> Any:
     return type(default)(value)
 
 
+def _typed(key: str, value: Any, default: Any) -> Any:
+    """`_coerce` with an InputError that names the key, the value and the expected type."""
+    try:
+        return _coerce(value, default)
+    except (TypeError, ValueError):
+        kind = f"a tuple of {type(default[0]).__name__}" if isinstance(default, tuple) and default else type(default).__name__
+        raise InputError(f"config {key}={value!r}: expected {kind} (default {default!r})") from None
+
+
+POSITIVE = ("vgg_width", "cls_epochs", "cls_batch", "cls_lr", "cls_pos_weight", "cam_batch", "unet_width",
+            "unet_epochs", "unet_batch", "unet_lr", "unet_pos_weight", "workers")
+"""Settings that must be > 0."""
+UNIT_INTERVAL = ("cls_near_negatives", "cls_momentum", "gate_threshold")
+"""Settings in [0, 1]."""
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check(c: Config) -> Config:
+    """Range checks of a built config; the first violation is an InputError naming the key and the value."""
+    from .cam import METHODS
+
+    def bad(key: str, why: str) -> InputError:
+        return InputError(f"config {key}={getattr(c, key)!r}: {why}")
+
+    for key in POSITIVE:
+        if not getattr(c, key) > 0:
+            raise bad(key, "must be > 0")
+    for key in UNIT_INTERVAL:
+        if not 0.0 <= getattr(c, key) <= 1.0:
+            raise bad(key, "must lie in [0, 1]")
+    if c.slice_size <= 0 or c.slice_size % 8:
+        raise bad("slice_size", "must be a positive multiple of 8 (three 2x2 max-pools)")
+    if len(c.spacing_mm) != 3 or min(c.spacing_mm) <= 0:
+        raise bad("spacing_mm", "expected three positive spacings (z, y, x) in mm")
+    fractions = c.split_fractions
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+        raise bad("split_fractions", "expected three non-negative fractions (train, val, test) summing to 1")
+    unknown = [m for m in c.cam_methods if m not in METHODS]
+    if unknown or not c.cam_methods:
+        raise bad("cam_methods", f"expected some of {list(METHODS)}")
+    if c.device not in DEVICES:
+        raise bad("device", f"expected one of {list(DEVICES)}")
+    if c.vgg_stride not in (8, 4):
+        raise bad("vgg_stride", "expected 8 or 4")
+    for key in ("t_grid", "gate_grid"):
+        if not getattr(c, key) or not all(0.0 <= v <= 1.0 for v in getattr(c, key)):
+            raise bad(key, "expected values in [0, 1]")
+    for key in ("q_grid", "threshold_grid"):
+        if not getattr(c, key) or not all(0.0 <= v <= 100.0 for v in getattr(c, key)):
+            raise bad(key, "expected percentiles in [0, 100]")
+    if c.scorecam_topk < 0:
+        raise bad("scorecam_topk", "must be >= 0 (0 = all channels)")
+    return c
+
+
 def get_config(profile: str = "demo", **overrides: Any) -> Config:
-    """The resolved configuration: a profile plus single-value overrides (unknown keys are an error)."""
+    """The resolved configuration: a profile plus single-value overrides (unknown keys or bad values: InputError)."""
     if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+        raise InputError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     defaults = {f.name: f.default for f in dataclasses.fields(Config)}
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
-        raise ValueError(f"unknown config key(s) {unknown}; valid keys: {sorted(defaults)}")
-    values = {**PROFILES[profile], **{k: _coerce(v, defaults[k]) for k, v in overrides.items()}}
+        raise InputError(f"unknown config key(s) {unknown}; valid keys: {sorted(defaults)}")
+    values = {**PROFILES[profile], **{k: _typed(k, v, defaults[k]) for k, v in overrides.items()}}
     for key, allowed in CHOICES.items():
         if values.get(key, defaults[key]) not in allowed:
-            raise ValueError(f"config {key}={values.get(key, defaults[key])!r} is not one of {allowed}")
-    return Config(**values)
+            raise InputError(f"config {key}={values.get(key, defaults[key])!r} is not one of {allowed}")
+    return check(Config(**values))
 
 
 def describe(config: Config) -> list[tuple[str, Any, str]]:

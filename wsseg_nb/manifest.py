@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import InputError
+
 COLUMNS = ("study_id", "diagnosis", "sex", "age", "weight_kg", "injected_activity_mbq", "injection_to_scan_s",
            "ct_path", "pet_path", "seg_path", "pet_units", "split", "demo", "seed")
 OPTIONAL = ("demo", "seed")
@@ -24,9 +26,9 @@ DEMO_PER_SPLIT = {"train": 30, "val": 12, "test": 12}
 """The demo subset: 12 validation and 12 test studies, enough for a per-patient median (issue 11)."""
 
 
-def _bad(path: Path, line: int, study: str, column: str, value: object, why: str) -> ValueError:
+def _bad(path: Path, line: int, study: str, column: str, value: object, why: str) -> InputError:
     """The one error format of manifest validation: file, line, study, column, value."""
-    return ValueError(f"{path}: line {line} (study {study!r}), column {column!r} = {value!r}: {why}")
+    return InputError(f"{path}: line {line} (study {study!r}), column {column!r} = {value!r}: {why}")
 
 
 def _number(path: Path, line: int, study: str, column: str, text: str, required: bool) -> float:
@@ -51,15 +53,37 @@ def _choice(path: Path, line: int, study: str, column: str, text: str, allowed: 
     return text
 
 
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV as strings; a missing, empty or non-UTF-8 file is an InputError naming the file (and line)."""
+    if not path.is_file():
+        raise InputError(f"{path}: manifest not found (or not a file)")
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise InputError(f"{path}: line {line}: byte {data[err.start:err.start + 1]!r} is not UTF-8 "
+                         f"(save the manifest as UTF-8)") from None
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: empty file (expected a header line with {list(COLUMNS)})") from None
+    except pd.errors.ParserError as err:
+        raise InputError(f"{path}: not a valid CSV ({err})") from None
+
+
 def load_manifest(path: str | os.PathLike[str], subset: str = "all", check_files: bool = True) -> pd.DataFrame:
     """Read and validate a study manifest; paths come back absolute (notebook 01)."""
     path = Path(path).resolve()
     if subset not in ("all", "demo"):
-        raise ValueError(f"subset must be 'all' or 'demo', got {subset!r}")
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+        raise InputError(f"subset must be 'all' or 'demo', got {subset!r}")
+    raw = read_table(path)
     missing = [c for c in COLUMNS if c not in raw.columns and c not in OPTIONAL]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; expected {list(COLUMNS)}")
+        hint = " (the file is separated by ';': did you mean ','?)" if len(raw.columns) == 1 and ";" in raw.columns[0] else ""
+        raise InputError(f"{path}: missing column(s) {missing}; expected {list(COLUMNS)}{hint}")
+    if raw.empty:
+        raise InputError(f"{path}: a header but no study rows")
     rows, seen = [], {}
     for i, rec in enumerate(raw.to_dict("records")):
         line = i + 2
@@ -160,7 +184,7 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
     path = Path(path)
     missing = [c for c in COLUMNS if c not in df.columns and c not in OPTIONAL]
     if missing:
-        raise ValueError(f"{path}: manifest lacks column(s) {missing}")
+        raise InputError(f"{path}: manifest lacks column(s) {missing}")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     df[[c for c in COLUMNS if c in df.columns]].to_csv(tmp, index=False, lineterminator="\n")
     tmp.replace(path)
@@ -179,13 +203,13 @@ def _autopet_metadata(root: Path) -> pd.DataFrame | None:
     meta = pd.read_csv(candidates[0], dtype=str, keep_default_na=False)
     need = ["Subject ID", "diagnosis"]
     if any(c not in meta.columns for c in need):
-        raise ValueError(f"{candidates[0]}: metadata CSV lacks column(s) {[c for c in need if c not in meta.columns]}")
+        raise InputError(f"{candidates[0]}: metadata CSV lacks column(s) {[c for c in need if c not in meta.columns]}")
     out = pd.DataFrame({"subject": meta["Subject ID"].str.strip()})
     out["date"] = pd.to_datetime(meta.get("Study Date", pd.Series("", index=meta.index)), errors="coerce")
     diag = meta["diagnosis"].str.strip().str.upper()
     unknown = sorted(set(diag) - set(_AUTOPET_DIAGNOSIS))
     if unknown:
-        raise ValueError(f"{candidates[0]}: column 'diagnosis' has unknown value(s) {unknown}")
+        raise InputError(f"{candidates[0]}: column 'diagnosis' has unknown value(s) {unknown}")
     out["diagnosis"] = diag.map(_AUTOPET_DIAGNOSIS)
     age = meta.get("age", pd.Series("", index=meta.index)).str.extract(r"(\d+)", expand=False)
     out["age"] = pd.to_numeric(age, errors="coerce")
@@ -199,14 +223,14 @@ def _match_metadata(meta: pd.DataFrame, subject: str, study_dir: Path) -> pd.Ser
     """The metadata row of one study: by subject, disambiguated by the folder's leading MM-DD-YYYY date."""
     rows = meta[meta["subject"] == subject]
     if rows.empty:
-        raise ValueError(f"{study_dir}: subject {subject!r} not found in {meta['source'].iloc[0]} "
+        raise InputError(f"{study_dir}: subject {subject!r} not found in {meta['source'].iloc[0]} "
                          "(column 'Subject ID')")
     if rows["diagnosis"].nunique() > 1:
         m = re.match(r"(\d{2}-\d{2}-\d{4})", study_dir.name)
         date = pd.to_datetime(m.group(1), format="%m-%d-%Y") if m else pd.NaT
         dated = rows[rows["date"] == date]
         if dated["diagnosis"].nunique() != 1:
-            raise ValueError(f"{study_dir}: cannot match study to one diagnosis of subject {subject!r} by date")
+            raise InputError(f"{study_dir}: cannot match study to one diagnosis of subject {subject!r} by date")
         rows = dated
     return rows.iloc[0]
 
@@ -216,7 +240,7 @@ def scan_autopet(root: str | os.PathLike[str], seed: int = 0) -> pd.DataFrame:
     root = Path(root).resolve()
     meta = _autopet_metadata(root)
     if meta is None:
-        raise ValueError(f"{root}: no clinical metadata CSV (e.g. {AUTOPET_METADATA!r}); it supplies each study's "
+        raise InputError(f"{root}: no clinical metadata CSV (e.g. {AUTOPET_METADATA!r}); it supplies each study's "
                          "diagnosis, age and sex")
     rows = []
     for study_dir in sorted(p for p in root.glob("PETCT_*/*") if p.is_dir()):
@@ -227,7 +251,7 @@ def scan_autopet(root: str | os.PathLike[str], seed: int = 0) -> pd.DataFrame:
         seg = study_dir / "SEG.nii.gz"
         for field, file in (("ct_path", ct), ("pet_path", pet), ("seg_path", seg)):
             if not file.is_file():
-                raise ValueError(f"{study_dir}: study {subject}/{study_dir.name} lacks {file.name} ({field})")
+                raise InputError(f"{study_dir}: study {subject}/{study_dir.name} lacks {file.name} ({field})")
         info = _match_metadata(meta, subject, study_dir)
         rows.append({
             "study_id": f"{subject}_{study_dir.name[:10]}", "subject": subject, "diagnosis": info["diagnosis"],
@@ -236,7 +260,7 @@ def scan_autopet(root: str | os.PathLike[str], seed: int = 0) -> pd.DataFrame:
             "ct_path": str(ct), "pet_path": str(pet), "seg_path": str(seg), "pet_units": "SUV" if suv else "BQML",
         })
     if not rows:
-        raise ValueError(f"{root}: no study folders PETCT_*/<study>/ found")
+        raise InputError(f"{root}: no study folders PETCT_*/<study>/ found")
     df = pd.DataFrame(rows)
     if df["study_id"].duplicated().any():
         df["study_id"] = [f"{s}_{i}" for s, i in zip(df["subject"], df.groupby("subject").cumcount())]

@@ -10,9 +10,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 from scipy import ndimage
-from tqdm.auto import tqdm
 
 from . import volume
+from .progress import progress
 from .suv import suv_factor
 
 CT_SPACING_MM = (3.0, 2.0, 2.0)
@@ -574,9 +574,9 @@ def generate_cohort(manifest_df: pd.DataFrame, workers: int = 2) -> list[str]:
     if not rows:
         return []
     if workers <= 1:
-        return [_generate_row(r) for r in tqdm(rows, desc="phantoms", unit="study")]
+        return [_generate_row(r) for r in progress(rows, desc="phantoms", unit="study")]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(_generate_row, rows), total=len(rows), desc="phantoms", unit="study"))
+        return list(progress(pool.map(_generate_row, rows), total=len(rows), desc="phantoms", unit="study"))
 
 
 def _study_statistics(row: dict[str, Any]) -> dict[str, Any]:
@@ -593,10 +593,10 @@ def cohort_statistics(manifest_df: pd.DataFrame, workers: int = 2) -> pd.DataFra
     """Per-study tumour volume, tumour-slice count and tumour areas from the lesion masks alone (notebook 01)."""
     rows = manifest_df.to_dict("records")
     if workers <= 1:
-        stats = [_study_statistics(r) for r in tqdm(rows, desc="lesion masks", unit="study")]
+        stats = [_study_statistics(r) for r in progress(rows, desc="lesion masks", unit="study")]
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            stats = list(tqdm(pool.map(_study_statistics, rows), total=len(rows), desc="lesion masks", unit="study"))
+            stats = list(progress(pool.map(_study_statistics, rows), total=len(rows), desc="lesion masks", unit="study"))
     return pd.DataFrame(stats)
 
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from . import metrics
+from .progress import progress
 from .runs import write_csv_atomic
 from .segment import PAPER_PARAMS
 
@@ -100,7 +100,7 @@ def _split_masks(run: Any, split: str, methods: Sequence[str], desc: str) -> Ite
     run_dir = _run_dir(run)
     store = SliceStore(run_dir / "store")
     studies = split_studies(store, split)
-    for study_id, diagnosis in tqdm(studies.itertuples(index=False), desc=desc, total=len(studies)):
+    for study_id, diagnosis in progress(studies.itertuples(index=False), desc=desc, total=len(studies)):
         study = store.study(study_id)
         yield study_id, diagnosis, study, {m: load_mask(run_dir, m, study_id, study.mask.shape) for m in methods}
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .config import Config, get_config
+from .errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECORDED_PACKAGES = ("torch", "torchvision", "numpy", "scipy", "pandas", "nibabel", "imgaug", "pingouin",
@@ -111,6 +112,20 @@ class Run:
         return p
 
 
+def writable_dir(path: str | os.PathLike[str], what: str = "run directory") -> Path:
+    """`path` created if needed and checked writable; a file in the way or no permission is an InputError."""
+    path = Path(path).resolve()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{what} {path}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"{what} {path}: cannot be created ({err.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError(f"{what} {path}: not writable")
+    return path
+
+
 def record_provenance(run_dir: Path, config: Config) -> None:
     """Write the resolved config, package versions, git commit and command line to run_dir/run.json."""
     write_json_atomic(run_dir / "run.json", {
@@ -122,10 +137,7 @@ def record_provenance(run_dir: Path, config: Config) -> None:
 def start(profile: str = "demo", run_dir: str | os.PathLike[str] = "runs/demo", **overrides: Any) -> Run:
     """Resolve the config, create the run directory, seed everything and pick the device (each notebook's setup)."""
     config = get_config(profile, **overrides)
-    directory = Path(run_dir)
-    if not directory.is_absolute():
-        directory = (Path.cwd() / directory).resolve()
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = writable_dir(run_dir)
     seed_everything(config.seed)
     run = Run(config=config, dir=directory, device=pick_device(config.device))
     if not (directory / "run.json").exists():

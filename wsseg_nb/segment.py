@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
+from .progress import progress
 from .slices import SliceStore, assemble, index_positions
 
 PAPER_PARAMS: dict[str, dict[str, float]] = {
@@ -202,7 +202,7 @@ def algorithm1_counts(cam: np.ndarray, suv: np.ndarray, gt: np.ndarray, t_grid: 
     n, size = len(suv), suv.shape[-1]
     inter = np.zeros((n, len(t_grid), len(q_grid)), dtype=np.int64)
     pred = np.zeros_like(inter)
-    with tqdm(total=len(range(0, n, CHUNK)) * len(t_grid), desc=desc, leave=False, disable=n < CHUNK) as bar:
+    with progress(total=len(range(0, n, CHUNK)) * len(t_grid), desc=desc, leave=False, disable=n < CHUNK) as bar:
         for s in range(0, n, CHUNK):
             sl = slice(s, s + CHUNK)
             vals_sorted, gt_sorted, cam_sorted = _sorted_chunk(suv[sl], gt[sl], upscale_nearest(cam[sl], size))

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from . import volume
+from .progress import progress
 from .suv import to_suv
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ def preprocess_cohort(manifest_df: pd.DataFrame, out_dir: str | os.PathLike[str]
                              f"use a new folder")
     todo = [row for row in df.to_dict("records") if str(row["study_id"]) not in done]
     args = (out_dir, tuple(spacing_mm), slice_size)
-    with tqdm(total=len(df), initial=len(done), desc="preprocess", unit="study") as bar:
+    with progress(total=len(df), initial=len(done), desc="preprocess", unit="study") as bar:
         if workers <= 1 or len(todo) <= 1:
             for row in todo:
                 preprocess_study(row, *args)

@@ -12,12 +12,12 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
-from tqdm.auto import tqdm
 
 from .augment import augment, sample_params
 from .config import SAMPLINGS
 from .diagnostics import pointing_probe
 from .models import UNet, VGG16CAM, lsuv_
+from .progress import progress
 from .runs import write_csv_atomic
 
 if TYPE_CHECKING:
@@ -29,9 +29,6 @@ KINDS = ("classifier", "unet")
 CHECKPOINT_VERSION = 1
 LOG_EVERY = 20
 """Steps between progress-bar loss updates (the only host sync in the training loop besides the epoch end)."""
-BAR_INTERVAL_S = 2.0
-"""Least seconds between progress-bar redraws. In a notebook each redraw is a widget message, and a client that
-reads the kernel's output only after the cell (nbval) loses the end of a long cell's flood of them."""
 
 
 def weighted_ce_terms(logits: torch.Tensor, target: torch.Tensor, pos_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,10 +76,23 @@ def _to_device(batch: Sequence[torch.Tensor], device: torch.device) -> list[torc
     return [t.to(device, non_blocking=True) for t in batch]
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 natively: CUDA, or a CPU with AVX512-BF16 / AMX (oneDNN's fast bf16 convs)."""
+    if device.type == "cuda":
+        return True
+    cpu = getattr(torch, "cpu", None)
+    return device.type == "cpu" and any(getattr(cpu, name, lambda: False)()
+                                        for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
 def _forward(model: torch.nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Forward pass on a channels_last input (faster on CUDA and, ~1.6x, on the CPU), bf16 autocast on CUDA."""
+    """Forward pass on a channels_last input under bf16 autocast where the device has native bf16 (`native_bf16`).
+
+    Measured on 2 cores of a Xeon with AMX (VGG16CAM width 1/8, batch 32, 128x128, one Adam step): 0.68 s
+    (fp32, contiguous), 0.36 s (fp32, channels_last), 0.15 s (bf16 autocast, channels_last).
+    """
     x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=native_bf16(device)):
         return model(x).float()
 
 
@@ -263,10 +273,9 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
         model.train()
         t0 = time.perf_counter()
         loss_sum, steps, wait = torch.zeros((), device=device), 0, 0.0
-        # the bar counts steps but does not wrap the loader: tqdm.auto's bar takes its own iterator (an extra
-        # sampler draw) and, in a notebook, outlives the loop in a reference cycle, holding the worker processes
-        bar = tqdm(total=len(train_loader), desc=f"{kind} epoch {epoch + 1}/{epochs}", leave=False,
-                   mininterval=BAR_INTERVAL_S)
+        # the bar counts steps but does not wrap the loader: a bar given the loader takes its own iterator (an
+        # extra sampler draw) and, if it outlives the loop (a notebook widget's does), holds the worker processes
+        bar = progress(total=len(train_loader), desc=f"{kind} epoch {epoch + 1}/{epochs}", leave=False)
         t_fetch = time.perf_counter()
         for x, label, mask in train_loader:
             wait += time.perf_counter() - t_fetch
@@ -417,7 +426,7 @@ def predict_logits(model: torch.nn.Module, store: SliceStore, positions: np.ndar
     """Model outputs for the store's index rows `positions`, batched, on the CPU (float32)."""
     model.eval()
     outs = []
-    for s in tqdm(range(0, len(positions), batch), desc=desc, leave=False):
+    for s in progress(range(0, len(positions), batch), desc=desc, leave=False):
         x, _ = store.read(positions[s:s + batch])
         outs.append(_forward(model, torch.from_numpy(x).to(device, non_blocking=True), device).cpu())
     return torch.cat(outs) if outs else torch.zeros(0)
@@ -447,7 +456,7 @@ def predict_unet_masks(model: UNet, store: SliceStore | str | os.PathLike[str], 
     index = store.index.reset_index(drop=True)
     rows = index[index["split"].isin(splits)]
     studies = list(dict.fromkeys(rows["study_id"]))
-    for sid in tqdm(studies, desc="U-Net masks"):
+    for sid in progress(studies, desc="U-Net masks"):
         sel = rows[rows["study_id"] == sid]
         logits = predict_logits(model, store, sel.index.to_numpy(), batch, torch.device(device), desc=sid)
         mask = assemble(store, sid, sel["slice"].to_numpy(), (logits[:, 0] >= 0).numpy())

@@ -1,0 +1,76 @@
+"""The CLI's one error path: bad input is a one-line message naming the file or key, exit status 2, nothing written."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wsseg_nb.__main__ import main
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADER = (ROOT / "data_manifest.csv").read_text().splitlines()[0]
+ROW = (ROOT / "data_manifest.csv").read_text().splitlines()[1]
+
+
+def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], *expected: str) -> str:
+    """Run the CLI; assert exit status 2 and a message on stderr holding `expected`, without a traceback."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: ")
+    for part in expected:
+        assert part in err, err
+    return err
+
+
+def _manifest(tmp_path: Path, text: str | bytes) -> str:
+    path = tmp_path / "m.csv"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return str(path)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", "empty file"),
+    (HEADER + "\n", "a header but no study rows"),
+    (HEADER.replace(",", ";") + "\n" + ROW.replace(",", ";") + "\n", "did you mean ','?"),
+    ((HEADER + "\n" + ROW + "\n").encode().replace(b"melanoma", b"m\xe9lanoma"), "line 2: byte b'\\xe9' is not UTF-8"),
+    (HEADER + "\n" + ROW.replace(",58.0,", ",heavy,") + "\n", "column 'weight_kg' = 'heavy': not a number"),
+])
+def test_bad_manifest_is_refused_by_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   text: str | bytes, expected: str) -> None:
+    out = tmp_path / "store"
+    _fails(["preprocess", "--manifest", _manifest(tmp_path, text), "--out", str(out)], capsys, "m.csv", expected)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("param, expected", [
+    ("cls_epochs=abc", "config cls_epochs='abc': expected int"),
+    ("cls_epochs=0", "config cls_epochs=0: must be > 0"),
+    ("cls_lr=-1e-3", "config cls_lr=-0.001: must be > 0"),
+    ("slice_size=100", "slice_size=100: must be a positive multiple of 8"),
+    ("split_fractions=0.6,0.3,0.3", "summing to 1"),
+    ("cam_methods=cam,gradcamz", "cam_methods=('cam', 'gradcamz'): expected some of"),
+    ("device=tpu", "config device='tpu': expected one of"),
+    ("nonsense=1", "unknown parameter(s) ['nonsense']"),
+])
+def test_bad_setting_is_refused_by_key_before_anything_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                 param: str, expected: str) -> None:
+    run_dir = tmp_path / "run"
+    _fails(["run", "--run-dir", str(run_dir), "-p", param], capsys, expected)
+    assert not run_dir.exists()
+
+
+def test_unknown_notebook_and_bad_run_dir_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _fails(["run", "--run-dir", str(tmp_path / "r"), "--only", "07"], capsys, "--only 07 matches no notebook",
+           "02_classifier")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _fails(["run", "--run-dir", str(blocker)], capsys, f"run directory {blocker}: exists and is not a folder")
+    _fails(["preprocess", "--out", str(blocker)], capsys, f"slice store {blocker}: exists and is not a folder")
+    assert blocker.read_text() == "x"
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    from wsseg_nb.errors import InputError
+
+    with pytest.raises(InputError, match="cls_epochs"):
+        main(["--debug", "run", "--run-dir", str(tmp_path / "r"), "-p", "cls_epochs=abc"])
