@@ -219,7 +219,10 @@ pd.Series({k: record[k] for k in ("gate_threshold", "slices_called", "gate_preci
 # The explorer shows, for any study and slice of the validation and test sets: PET over CT with the ground
 # truth outlined (yellow), the CAM, the region $H'$ (orange), the mask against the truth (green: hit, red:
 # false positive, blue: missed), the slice's and the study's Dice, and the method's validation Dice surface
-# with the current $(q, t)$ marked. Move the sliders in JupyterLab; below is the frame at the tuned values.
+# with the current $(q, t)$ marked. In JupyterLab the $t$ and $q$ sliders step through the tuned grid and
+# redraw when released; the two buttons jump to the previous or next slice that has maps (slices the
+# classifier did not call tumorous have none, and their mask is empty). Below is the frame at the tuned values;
+# the saved notebook shows the panel's first frame in place of the live controls.
 
 # %%
 explorer = widgets.Explorer(gated, gated_cams, tuned)

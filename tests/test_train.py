@@ -127,13 +127,14 @@ def test_balanced_fit_visits_twice_the_tumor_slices_and_guards_resume(tmp_path: 
 
 def _fit(out: Path, epochs: int, lr: float = 0.05, workers: int = 0, n_train: int = 16,
          adam: bool = False, sampling: str = "all", schedule: str = "constant", warmup: float = 0.0,
-         probe=None) -> tuple[VGG16CAM, pd.DataFrame]:
+         probe=None, select: str | None = None) -> tuple[VGG16CAM, pd.DataFrame]:
     torch.manual_seed(0)
     model = VGG16CAM(width=1 / 16)
     opt = torch.optim.Adam(model.parameters(), lr=lr) if adam else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     hist = train.fit(model, opt, ToySlices(n_train, 1), ToySlices(16, 2), kind="classifier", out_dir=out, epochs=epochs,
                      batch=8 if adam else 4, pos_weight=7.7, seed=3, device=torch.device("cpu"), workers=workers,
-                     sampling=sampling, schedule=schedule, warmup_epochs=warmup, probe=probe, hparams={"lr": lr})
+                     sampling=sampling, schedule=schedule, warmup_epochs=warmup, probe=probe, select=select,
+                     hparams={"lr": lr})
     return model, hist
 
 
@@ -245,3 +246,12 @@ def test_predictions_and_unet_mask_files(tmp_path: Path) -> None:
     with np.load(tmp_path / "masks" / "unet" / "C.npz") as f:
         assert f["mask"].dtype == bool and f["mask"].shape == (4, SIZE, SIZE)
         assert np.array_equal(f["mask"], expected_mask)
+
+
+def test_best_epoch_maximises_the_product_of_the_select_columns(tmp_path: Path) -> None:
+    scores = iter([0.9, 0.2, 0.6])  # the probe's score per epoch
+    _, hist = _fit(tmp_path, 3, probe=lambda model: {"extra": next(scores)}, select="val_auc*val_extra")
+    product = (hist["val_auc"] * hist["val_extra"]).to_numpy()
+    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    assert best["epoch"] == int(np.argmax(product)) + 1
+    assert best["metrics"]["val_extra"] == hist["val_extra"].iloc[best["epoch"] - 1]

@@ -103,12 +103,32 @@ def test_draw_is_pure_and_widget_controls_drive_update(setup):
     fig = widgets.draw(ex.view())
     assert fig is not ex.figure and len(fig.axes) == 6  # five panels and the surface's colour bar
     np.testing.assert_array_equal(_pixels(fig), _pixels(ex.figure))
-    box = ex.widget()
-    sliders = {c.description: c for row in box.children[:2] for c in row.children}
-    sliders["q (SUV %)"].value = 45.0
-    assert ex.params["q"] == 45.0
+    panel = ex.widget()
+    sliders = {c.description: c for row in panel.box.children[:2] for c in row.children}
+    q_options = sliders["q (SUV %)"].options
+    assert list(q_options) == [float(v) for v in tuned["cam"].grid["q"]]  # the slider walks the tuned grid
+    assert not sliders["q (SUV %)"].continuous_update and not sliders["slice"].continuous_update
+    sliders["q (SUV %)"].value = q_options[1]
+    assert ex.params["q"] == q_options[1]
     sliders["method"].value = "scorecam"
     assert sliders["t (CAM)"].value == pytest.approx(tuned["scorecam"].params["t"])
+
+
+def test_buttons_step_through_the_slices_with_maps_and_a_saved_panel_shows_a_frame(setup):
+    data, cams, tuned = setup
+    ex = widgets.Explorer(data, cams, tuned, study_id="V1")
+    assert ex.cam_slices("V1") == [1, 2, 3]
+    panel = ex.widget()
+    panel.controls["z"].value = 0
+    panel.steps[1].click()
+    assert ex.params["z"] == 1
+    panel.steps[1].click()
+    assert ex.params["z"] == 2
+    panel.steps[-1].click()
+    panel.steps[-1].click()  # no map before slice 1: stays
+    assert ex.params["z"] == 1
+    bundle = panel._repr_mimebundle_()
+    assert bundle["image/png"] and "VBox" not in bundle["text/plain"]
 
 
 def test_segmentation_figures(setup):

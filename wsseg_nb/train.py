@@ -217,6 +217,14 @@ def lr_factor(progress: float, epochs: int, schedule: str = "constant", warmup_e
     return float(warm * decay)
 
 
+def selection_score(rows: dict[str, float] | pd.DataFrame, select: str) -> float | pd.Series:
+    """The score the kept epoch maximises: one column, or the product of columns joined by '*' (per row of a frame)."""
+    columns = select.split("*")
+    if isinstance(rows, pd.DataFrame):
+        return rows[columns].prod(axis=1)
+    return float(np.prod([rows[k] for k in columns]))
+
+
 def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset, val_set: Dataset, *,
         kind: str, out_dir: Path, epochs: int, batch: int, pos_weight: float, seed: int,
         device: torch.device, workers: int = 0, engine: str = "torch", sampling: str = "all",
@@ -230,10 +238,10 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
 
     The learning rate is the optimizer's, ramped up linearly over `warmup_epochs` and, with schedule 'cosine',
     decayed to 0 along a half cosine over all epochs (`lr_factor`; a pure function of the step, so resuming
-    needs no scheduler state). `probe(model)` adds validation scores of its own to each epoch's row (prefixed `val_`). Best = highest
-    `select` (a row column), by default validation AUC (classifier) or pooled Dice (U-Net). Shuffling and
-    augmentation are seeded per epoch, so a resumed run ends with the same weights as an uninterrupted one
-    (notebooks 02, 05).
+    needs no scheduler state). `probe(model)` adds validation scores of its own to each epoch's row (prefixed
+    `val_`). Best = highest `select` (a row column, or columns joined by '*': their product), by default
+    validation AUC (classifier) or pooled Dice (U-Net). Shuffling and augmentation are seeded per epoch, so a
+    resumed run ends with the same weights as an uninterrupted one (notebooks 02, 05).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -303,7 +311,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
                **{f"val_{k}": v for k, v in val.items()},
                "train_s": train_time, "data_wait_s": wait, "val_s": time.perf_counter() - t0 - train_time}
         history.append(row)
-        score = -np.inf if np.isnan(row[select]) else row[select]
+        score = selection_score(row, select)
+        score = -np.inf if np.isnan(score) else score
         if score > best:
             best = score
             _save_atomic({"model": model.state_dict(), "epoch": epoch + 1, "metrics": row, "hparams": hparams},

@@ -1,6 +1,7 @@
 """Algorithm 1 explorer: t, q, method, study and slice controls over PET/CT, CAM, region, mask and the Dice surface."""
 from __future__ import annotations
 
+import base64
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -196,34 +197,72 @@ class Explorer:
         PIL.Image.fromarray(np.asarray(self.figure.canvas.buffer_rgba())).save(buffer, format="png", compress_level=1)
         return buffer.getvalue()
 
-    def widget(self) -> Any:
-        """ipywidgets controls over the live frame (JupyterLab): each change calls update and refreshes the image."""
+    def cam_slices(self, study_id: str) -> list[int]:
+        """The study's slices that have maps (gated by the classifier, or truly tumorous), in order."""
+        return sorted(int(self.data.rows["slice"].iloc[i]) for i in self._rows.get(study_id, []))
+
+    def widget(self) -> "ExplorerPanel":
+        """ipywidgets controls over the live frame (JupyterLab): a released control calls update and redraws.
+
+        t and q step through the tuned grid (the Dice-surface marker stays on it); the buttons jump to the previous
+        or next slice that has maps; errors raised in a callback are shown in the panel's Output area.
+        """
         import ipywidgets as w
 
         p = self.params
+        grid = self.tuned[p["method"]].grid
         depth = lambda sid: self.data.store.volume_grid(sid)["shape"][0]  # noqa: E731
         controls = {
             "method": w.Dropdown(options=[(DISPLAY.get(m, m), m) for m in self.tuned], value=p["method"],
                                  description="method"),
-            "t": w.FloatSlider(value=p["t"], min=0.0, max=1.0, step=0.01, description="t (CAM)"),
-            "q": w.FloatSlider(value=p["q"], min=0.0, max=100.0, step=0.5, description="q (SUV %)"),
+            "t": w.SelectionSlider(options=[float(v) for v in grid["t"]], value=float(p["t"]), description="t (CAM)",
+                                   continuous_update=False),
+            "q": w.SelectionSlider(options=[float(v) for v in grid["q"]], value=float(p["q"]),
+                                   description="q (SUV %)", continuous_update=False),
             "study_id": w.Dropdown(options=list(self.data.studies.index), value=p["study_id"], description="study"),
-            "z": w.IntSlider(value=p["z"], min=0, max=depth(p["study_id"]) - 1, description="slice"),
+            "z": w.IntSlider(value=p["z"], min=0, max=depth(p["study_id"]) - 1, description="slice",
+                             continuous_update=False),
         }
+        steps = {-1: w.Button(description="◀ slice with map"), 1: w.Button(description="slice with map ▶")}
         image = w.Image(value=self.png(), format="png")
+        errors = w.Output()
 
         def on_change(key: str, change: dict[str, Any]) -> None:
-            if key == "study_id":
-                controls["z"].max = depth(change["new"]) - 1
-            self.update(**{key: change["new"]})
-            for name, control in controls.items():  # a new method or study moves t, q and z too
-                control.unobserve(handlers[name], "value")
-                control.value = self.params[name]
-                control.observe(handlers[name], "value")
-            image.value = self.png()
+            with errors:
+                if key == "study_id":
+                    controls["z"].max = depth(change["new"]) - 1
+                self.update(**{key: change["new"]})
+                for name, control in controls.items():  # a new method or study moves t, q and z too
+                    control.unobserve(handlers[name], "value")
+                    control.value = self.params[name]
+                    control.observe(handlers[name], "value")
+                image.value = self.png()
+
+        def step(direction: int) -> None:
+            with errors:
+                z, slices = self.params["z"], self.cam_slices(self.params["study_id"])
+                ahead = [s for s in slices if (s - z) * direction > 0]
+                if ahead:
+                    controls["z"].value = min(ahead, key=lambda s: abs(s - z))
 
         handlers = {name: (lambda change, name=name: on_change(name, change)) for name in controls}
         for name, control in controls.items():
             control.observe(handlers[name], "value")
-        return w.VBox([w.HBox([controls["method"], controls["study_id"], controls["z"]]),
-                       w.HBox([controls["t"], controls["q"]]), image])
+        for direction, button in steps.items():
+            button.on_click(lambda _, direction=direction: step(direction))
+        box = w.VBox([w.HBox([controls["method"], controls["study_id"], controls["z"]]),
+                      w.HBox([controls["t"], controls["q"], steps[-1], steps[1]]), image, errors])
+        return ExplorerPanel(box, controls, steps, image.value)
+
+
+class ExplorerPanel:
+    """The explorer's widget box; a saved notebook without widget state shows its first frame as a PNG instead."""
+
+    def __init__(self, box: Any, controls: dict[str, Any], steps: dict[int, Any], first_frame: bytes) -> None:
+        self.box, self.controls, self.steps, self._png = box, controls, steps, first_frame
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        bundle = self.box._repr_mimebundle_(**kwargs)
+        bundle["image/png"] = base64.b64encode(self._png).decode("ascii")
+        bundle["text/plain"] = "Algorithm 1 explorer (live controls in JupyterLab; the first frame here)"
+        return bundle

@@ -48,7 +48,7 @@ def axial_panels(ct: np.ndarray, suv: np.ndarray, mask: np.ndarray | None = None
     axes[2].set_title("PET/CT fusion + lesion contour")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.93) if title else (0, 0, 1, 1))  # room for the suptitle above the panel titles
     return fig
 
 

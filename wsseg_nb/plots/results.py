@@ -57,16 +57,20 @@ def agreement_scatter(per_study: pd.DataFrame, quantity: str = "mtv", icc: pd.Da
     true_col, pred_col, name, unit = QUANTITIES[quantity]
     data = with_lesions(per_study)
     methods = methods_in(per_study)
-    hi = float(np.nanmax(data[[true_col, pred_col]].to_numpy())) * 1.05 or 1.0
+    values = data[[true_col, pred_col]].to_numpy(dtype=float)
+    positive = values[np.isfinite(values) & (values > 0)]
+    lo, hi = (positive.min() / 1.5, positive.max() * 1.5) if positive.size else (0.1, 10.0)
     fig, axes = _grid(len(methods))
     for ax, m in zip(axes, methods):
         d = data[data["method"] == m]
-        ax.plot([0, hi], [0, hi], color="0.5", lw=1, ls="--")
-        ax.scatter(d[true_col], d[pred_col], s=12, color=_color(m))
+        ax.plot([lo, hi], [lo, hi], color="0.5", lw=1, ls="--")
+        # log axes: true volumes span two decades, and a method's false positives can add thousands of ml;
+        # an empty estimate (0) is drawn on the lower edge
+        ax.scatter(d[true_col], d[pred_col].clip(lower=lo), s=12, color=_color(m))
         title = DISPLAY.get(m, m)
         if icc is not None and m in set(icc["method"]):
             title += f"  ICC {icc.set_index('method').loc[m, f'{quantity}_icc']:.2f}"
-        ax.set(xlim=(0, hi), ylim=(0, hi), title=title, aspect="equal")
+        ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), title=title, aspect="equal")
         ax.set_xlabel(f"true {name} ({unit})", fontsize=8)
         ax.set_ylabel(f"estimated {name} ({unit})", fontsize=8)
     fig.tight_layout()

@@ -79,7 +79,7 @@ def algorithm1_steps(cam: np.ndarray, suv: np.ndarray, gt: np.ndarray, t: float,
         ax.axvline(t_q, color="r", label=f"t_q = {t_q:.2f}")
         ax.legend(fontsize=8, frameon=False)
     ax.set_xlabel("SUV in region")
-    ax.set_title(f"5: t_q = {q:g}th percentile\n(numpy 'linear')")
+    ax.set_title(f"5: t_q = percentile {q:g} of the SUV\nin the region (numpy 'linear')")
     pet(axes[5], suv)
     axes[5].imshow(overlap_rgba(mask, gt))
     axes[5].set_title(f"6: region ∧ SUV ≥ t_q\nDice {slice_dice(mask, gt):.2f} (TP/FP/FN)")

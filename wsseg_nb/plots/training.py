@@ -7,8 +7,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-from .images import DPI, fusion
+from .images import DPI, LESION_COLOR, fusion
 
 PRED_COLOR = "#ff3df5"
 """Contour colour of a predicted mask (the ground truth uses images.LESION_COLOR)."""
@@ -85,5 +86,8 @@ def prediction_vs_truth(x: np.ndarray, truth: np.ndarray, pred: np.ndarray, titl
             ax.contour(np.asarray(pred[i], dtype=float), levels=[0.5], colors=PRED_COLOR, linewidths=1.0)
         if i < len(titles):
             ax.set_title(titles[i], fontsize=9)
-    fig.tight_layout()
+    fig.legend(handles=[Line2D([], [], color=LESION_COLOR, label="ground truth"),
+                        Line2D([], [], color=PRED_COLOR, label="prediction")],
+               loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
