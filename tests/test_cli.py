@@ -34,6 +34,7 @@ def _manifest(tmp_path: Path, text: str | bytes) -> str:
     (HEADER.replace(",", ";") + "\n" + ROW.replace(",", ";") + "\n", "did you mean ','?"),
     ((HEADER + "\n" + ROW + "\n").encode().replace(b"melanoma", b"m\xe9lanoma"), "line 2: byte b'\\xe9' is not UTF-8"),
     (HEADER + "\n" + ROW.replace(",58.0,", ",heavy,") + "\n", "column 'weight_kg' = 'heavy': not a number"),
+    (HEADER + "\n" + ROW + "\n", "subset 'demo' selects no study"),
 ])
 def test_bad_manifest_is_refused_by_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                    text: str | bytes, expected: str) -> None:

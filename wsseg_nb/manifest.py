@@ -117,7 +117,12 @@ def load_manifest(path: str | os.PathLike[str], subset: str = "all", check_files
             out[col] = str(file)
         rows.append(out)
     df = pd.DataFrame(rows, columns=list(COLUMNS))
-    return df[df["demo"] == 1].reset_index(drop=True) if subset == "demo" else df
+    if subset == "demo":
+        df = df[df["demo"] == 1].reset_index(drop=True)
+        if df.empty:
+            raise InputError(f"{path}: subset 'demo' selects no study (no row has demo = 1); "
+                             f"use -p subset=all or mark studies in the 'demo' column")
+    return df
 
 
 def _largest_remainder(total: int, fractions: list[float]) -> list[int]:

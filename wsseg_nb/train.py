@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from .augment import augment, sample_params
 from .config import SAMPLINGS
 from .diagnostics import pointing_probe
+from .errors import InputError
 from .models import UNet, VGG16CAM, lsuv_
 from .progress import progress
 from .runs import write_csv_atomic
@@ -329,7 +330,14 @@ def _datasets(run: Run) -> tuple[Dataset, Dataset]:
     """Train and validation SliceDatasets of the run's store."""
     from .slices import SliceDataset
 
-    return SliceDataset(run.store, "train"), SliceDataset(run.store, "val")
+    sets = SliceDataset(run.store, "train"), SliceDataset(run.store, "val")
+    for split, dataset in zip(("train", "val"), sets):
+        labels = np.asarray(dataset.labels)
+        if len(labels) == 0 or labels.max() == 0:
+            raise InputError(f"slice store {run.store}: the {split!r} split has no slices with tumor "
+                             f"({len(labels)} slices); training needs tumor slices in train and val "
+                             f"(check the manifest's split column or split_fractions)")
+    return sets
 
 
 def classifier_optimizer(model: torch.nn.Module, c: Config) -> torch.optim.Optimizer:
@@ -393,7 +401,8 @@ def train_unet(run: Run, resume: bool = True) -> pd.DataFrame:
     hparams = {"width": c.unet_width, "lr": c.unet_lr, "slice_size": c.slice_size}
     return fit(model, optimizer, *_datasets(run), kind="unet", out_dir=run.dir / "unet", epochs=c.unet_epochs,
                batch=c.unet_batch, pos_weight=c.unet_pos_weight, seed=c.seed, device=run.device, workers=c.workers,
-               engine=c.augment_engine, sampling=c.unet_sampling, hparams=hparams, resume=resume)
+               engine=c.augment_engine, sampling=c.unet_sampling, schedule=c.unet_schedule, hparams=hparams,
+               resume=resume)
 
 
 def load_classifier(run: Run, checkpoint: str = "best") -> VGG16CAM:

@@ -8,6 +8,7 @@ from matplotlib.figure import Figure
 
 from .. import metrics
 from ..report import DISPLAY, PAPER, WEAKLY_SUPERVISED, methods_in, with_lesions
+from .images import DPI
 
 WEAK_COLOR, BASELINE_COLOR = "tab:blue", "tab:red"
 QUANTITIES = {"mtv": ("mtv_true_ml", "mtv_pred_ml", "MTV", "ml"), "tlg": ("tlg_true_g", "tlg_pred_g", "TLG", "g")}
@@ -22,7 +23,7 @@ def _grid(n: int, size: float = 2.6) -> tuple[Figure, np.ndarray]:
     """A figure with n panels, at most three per row."""
     cols = min(n, 3)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False, dpi=DPI)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, axes.flat[:n]
@@ -33,7 +34,7 @@ def dice_boxplot(per_study: pd.DataFrame, show_paper: bool = True) -> Figure:
     methods = methods_in(per_study)
     data = with_lesions(per_study)
     values = [data.loc[data["method"] == m, "dice"].dropna().to_numpy() for m in methods]
-    fig, ax = plt.subplots(figsize=(1.1 * len(methods) + 1.5, 3.4))
+    fig, ax = plt.subplots(figsize=(1.1 * len(methods) + 1.5, 3.4), dpi=DPI)
     box = ax.boxplot(values, widths=0.55, patch_artist=True, showfliers=False)
     rng = np.random.default_rng(0)
     for i, (m, v) in enumerate(zip(methods, values), 1):
@@ -103,7 +104,8 @@ def diagnosis_plot(per_study: pd.DataFrame) -> Figure:
     lesion = with_lesions(per_study)
     diagnoses = sorted(lesion["diagnosis"].unique())
     negatives = per_study[per_study["n_lesions"] == 0]
-    fig, (ax, ax_neg) = plt.subplots(1, 2, figsize=(11, 3.4), gridspec_kw={"width_ratios": [3, 1.3]})
+    fig, (ax, ax_neg) = plt.subplots(1, 2, figsize=(11, 3.4), gridspec_kw={"width_ratios": [3, 1.3]},
+                                     dpi=DPI)
     width = 0.8 / max(len(diagnoses), 1)
     colors = plt.get_cmap("tab10")(np.arange(len(diagnoses)) + 2)
     for j, (diag, color) in enumerate(zip(diagnoses, colors)):
