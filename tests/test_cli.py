@@ -35,6 +35,8 @@ def _manifest(tmp_path: Path, text: str | bytes) -> str:
     ((HEADER + "\n" + ROW + "\n").encode().replace(b"melanoma", b"m\xe9lanoma"), "line 2: byte b'\\xe9' is not UTF-8"),
     (HEADER + "\n" + ROW.replace(",58.0,", ",heavy,") + "\n", "column 'weight_kg' = 'heavy': not a number"),
     (HEADER + "\n" + ROW + "\n", "subset 'demo' selects no study"),
+    (HEADER + "\n" + ROW.replace(",58.0,", ",58000,") + "\n", "'weight_kg' = '58000': implausible: expected 20..300"),
+    (HEADER + "\n" + ROW.replace(",3152,", ",52,") + "\n", "'injection_to_scan_s' = '52': implausible"),
 ])
 def test_bad_manifest_is_refused_by_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                    text: str | bytes, expected: str) -> None:
@@ -75,3 +77,17 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
 
     with pytest.raises(InputError, match="cls_epochs"):
         main(["--debug", "run", "--run-dir", str(tmp_path / "r"), "-p", "cls_epochs=abc"])
+
+
+def test_a_new_run_keeps_the_earlier_run_record(tmp_path: Path) -> None:
+    import json
+
+    from wsseg_nb.config import get_config
+    from wsseg_nb.runs import record_provenance
+
+    record_provenance(tmp_path, get_config("demo", seed=1))
+    record_provenance(tmp_path, get_config("demo", seed=2))
+    record_provenance(tmp_path, get_config("demo", seed=3))
+    seeds = [json.loads((tmp_path / name).read_text())["config"]["seed"]
+             for name in ("history/run-1.json", "history/run-2.json", "run.json")]
+    assert seeds == [1, 2, 3]

@@ -22,6 +22,10 @@ PAPER_DIAGNOSIS_FRACTIONS = {"lung_cancer": 0.50, "lymphoma": 0.18, "melanoma": 
 PAPER_FEMALE_FRACTION = 195 / 453
 AGE_BY_DIAGNOSIS = {"lung_cancer": (67.0, 9.0), "lymphoma": (53.0, 16.0), "melanoma": (63.0, 14.0)}
 """Age (mean, sd) by diagnosis, giving the paper's median 64 years (range 19-95)."""
+PLAUSIBLE = {"weight_kg": (20.0, 300.0, "body weight in kg; a weight in grams?"),
+             "injected_activity_mbq": (20.0, 2000.0, "FDG activity in MBq; in Bq or mCi?"),
+             "injection_to_scan_s": (300.0, 4 * 3600.0, "injection-to-scan delay in seconds; in minutes?")}
+"""Ranges outside which a manifest value is almost surely in the wrong unit (refused with the hint)."""
 DEMO_PER_SPLIT = {"train": 30, "val": 12, "test": 12}
 """The demo subset: 12 validation and 12 test studies, enough for a per-patient median (issue 11)."""
 
@@ -102,6 +106,9 @@ def load_manifest(path: str | os.PathLike[str], subset: str = "all", check_files
         bqml = out["pet_units"] == "BQML"
         for col in ("weight_kg", "injected_activity_mbq", "injection_to_scan_s"):
             out[col] = _number(path, line, sid, col, rec[col], required=bqml)
+            low, high, hint = PLAUSIBLE[col]
+            if not np.isnan(out[col]) and not low <= out[col] <= high:
+                raise _bad(path, line, sid, col, rec[col], f"implausible: expected {low:g}..{high:g} ({hint})")
         out["split"] = _choice(path, line, sid, "split", rec["split"], SPLITS + ("",))
         out["demo"] = int(_choice(path, line, sid, "demo", rec.get("demo", "0") or "0", ("0", "1")))
         seed = rec.get("seed", "")

@@ -127,8 +127,18 @@ def writable_dir(path: str | os.PathLike[str], what: str = "run directory") -> P
 
 
 def record_provenance(run_dir: Path, config: Config) -> None:
-    """Write the resolved config, package versions, git commit and command line to run_dir/run.json."""
-    write_json_atomic(run_dir / "run.json", {
+    """Write the resolved config, package versions, git commit and command line to run_dir/run.json.
+
+    An earlier run's record is kept, renamed to run_dir/history/run-<k>.json (k = 1, 2, ...), never overwritten.
+    """
+    record = run_dir / "run.json"
+    if record.exists():
+        history = run_dir / "history"
+        history.mkdir(exist_ok=True)
+        k = 1 + max((int(p.stem.split("-")[1]) for p in history.glob("run-*.json") if p.stem.split("-")[1].isdigit()),
+                    default=0)
+        record.replace(history / f"run-{k}.json")
+    write_json_atomic(record, {
         "config": config.to_dict(), "packages": package_versions(), "git_commit": git_commit(),
         "argv": sys.argv, "platform": platform.platform(),
     })
