@@ -215,7 +215,8 @@ cplots.cam_panel(x_np[:, 0], x_np[:, 1], gt, maps_panel, labels);
 # %% [markdown]
 # ## 8. Maps of every slice the classifier calls tumorous
 #
-# Algorithm 1 (notebook 04) needs the maps of the val and test slices with classifier probability $\ge 0.5$.
+# Algorithm 1 (notebook 04) needs the maps of the val and test slices the classifier calls tumorous at the
+# lowest gate it may choose ($p \ge$ `min(cfg.gates)`), plus the truly tumorous ones for its diagnostics.
 # The package streams them from the slice store in batches and writes `cams/index.csv` plus one float16 array
 # per method, aligned with its rows. ScoreCAM is exact unless `scorecam_topk` > 0 (then the top-k channels
 # by variance).

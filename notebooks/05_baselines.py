@@ -102,7 +102,10 @@ print(f"{len(list(folder.glob('*.npz')))} studies written to {folder.relative_to
 # (`unet_sampling = "balanced"`: every tumor slice plus as many tumor-free ones per epoch). Even in a tumor
 # slice only about 0.4 % of the pixels are lesion; on all slices for 6 epochs the demo U-Net never reached
 # $p \ge 0.5$ anywhere (validation Dice 0), because its lesion probabilities climb slowly from the prior. With
-# balanced epochs, batch 8 and a larger learning rate it gets there within the 4-minute budget.
+# balanced epochs, batch 8 and a larger learning rate it gets there; 19 epochs (bf16 on this CPU, about
+# 6 minutes) are what the 15-minute chain affords: at 10 epochs it marked the brain, the bladder and the renal
+# pelvis (382 ml of false volume per validation study), at 19 154 ml, and 24 epochs would bring it to 83 ml
+# (`config.DEMO_OVERRIDES`).
 
 # %%
 unet_settings = ("unet_width", "unet_epochs", "unet_batch", "unet_lr", "unet_pos_weight", "unet_sampling",
@@ -138,11 +141,12 @@ studies = train.predict_unet_masks(unet, data.store, run.dir, ("val", "test"), c
 print(f"{len(studies)} studies written to masks/unet/")
 
 # %% [markdown]
-# **Reading the numbers.** On the tumor slices of the validation studies the demo U-Net reaches a pooled Dice
-# of 0.29 (best epoch 10, still rising: it is under-trained at 10 epochs), and its per-patient test median is
-# only 0.10: on tumor-free slices it also marks physiological uptake, which costs every study hundreds of ml of
-# false volume (notebook 06). The paper's U-Net (0.72) trained 200 epochs on 272 patients; this one is not an
-# upper bound yet, and the global threshold (0.13) beats it here.
+# **Reading the numbers.** Over all validation slices the demo U-Net reaches a pooled Dice of 0.44 at its best
+# epoch (15 of 19; the curve jumps between 0.11 and 0.44 from one epoch to the next, so which epoch wins is
+# partly luck). Per patient that is a median of 0.23 on the validation studies and 0.16 on the test studies
+# (notebook 06): on tumor-free slices it still marks physiological uptake, about 150–220 ml of false volume
+# per study. The paper's U-Net (0.72) trained 200 epochs on 272 patients at full width; this one is not an
+# upper bound yet, and the gated global threshold (0.25) beats it here.
 
 # %% [markdown]
 # ## Summary

@@ -101,6 +101,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "cls_epochs": 16,
     "cls_select": "val_auc*val_pointing_visible",
     "gate": "tuned",
+    "gate_grid": (0.7, 0.8, 0.9, 0.95, 0.98, 0.99),
     "q_grid": tuple(float(v) for v in np.linspace(50, 99, 20).round(6)),
     "scorecam_topk": 16,
     "cam_batch": 128,
@@ -151,11 +152,16 @@ split the search over linspace(20, 50, 20) ended at its corner (t 0.9, q 50; med
 perfect-CAM ceiling 0.46); over linspace(50, 99, 20) it finds an interior optimum (q 93.8; CAM 0.28, ScoreCAM
 0.28; ceiling 0.67). The global threshold keeps the paper's grid (threshold_grid).
 
+gate_grid without 0.5: the balanced-trained classifier calls 1,566 of the 4,154 val + test slices at p >= 0.5
+(38 %, with 12 % truly tumorous) and never won the tuning (session 4: 0.95 won); dropping it from the grid
+leaves the tuned result unchanged and cuts notebook 03's maps from 1,603 to 948 slices (173 -> ~100 s).
+
 U-Net (session 4, bf16, seed 0, validation): 10 epochs left it under-trained (per-study median Dice 0.14, false
-positives on the brain, bladder and kidneys: 382 ml per study). 24 epochs at the constant lr: the best epoch by
-pooled Dice is 19 (pooled 0.35), per-study median 0.40, FP 83 ml, |dMTV| 71 ml; with a constant lr the first 19
-epochs of that run are these 19 epochs, hence unet_epochs 19. A cosine decay over 20 epochs (unet_schedule) ends
-smoother (pooled 0.33) but marks more physiology (per-study 0.18, FP 282 ml): rejected."""
+positives on the brain, bladder and kidneys: 382 ml per study). 24 epochs at the constant lr: best epoch by pooled
+Dice 24 (pooled 0.54), per-study median 0.40, FP 83 ml, but 24 epochs do not fit the 15-minute chain (~16 min).
+19 epochs fit: best epoch 15 (pooled 0.44), per-study 0.23, FP 154 ml (the pooled Dice jumps 0.11-0.44 between
+adjacent epochs, so the kept epoch is partly luck). A cosine decay over 20 epochs (unet_schedule) ends smoother
+(pooled 0.33) but marks more physiology (per-study 0.18, FP 282 ml): rejected."""
 
 PROFILES: dict[str, dict[str, Any]] = {"paper": {}, "demo": DEMO_OVERRIDES}
 

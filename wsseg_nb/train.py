@@ -440,11 +440,11 @@ def _store(store: SliceStore | str | os.PathLike[str]) -> SliceStore:
 
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, store: SliceStore, positions: np.ndarray, batch: int,
-                   device: torch.device, desc: str = "predict") -> torch.Tensor:
-    """Model outputs for the store's index rows `positions`, batched, on the CPU (float32)."""
+                   device: torch.device, desc: str | None = "predict") -> torch.Tensor:
+    """Model outputs for the store's index rows `positions`, batched, on the CPU (float32); desc None: no bar."""
     model.eval()
     outs = []
-    for s in progress(range(0, len(positions), batch), desc=desc, leave=False):
+    for s in progress(range(0, len(positions), batch), desc=desc, leave=False, disable=desc is None):
         x, _ = store.read(positions[s:s + batch])
         outs.append(_forward(model, torch.from_numpy(x).to(device, non_blocking=True), device).cpu())
     return torch.cat(outs) if outs else torch.zeros(0)
@@ -476,7 +476,7 @@ def predict_unet_masks(model: UNet, store: SliceStore | str | os.PathLike[str], 
     studies = list(dict.fromkeys(rows["study_id"]))
     for sid in progress(studies, desc="U-Net masks"):
         sel = rows[rows["study_id"] == sid]
-        logits = predict_logits(model, store, sel.index.to_numpy(), batch, torch.device(device), desc=sid)
+        logits = predict_logits(model, store, sel.index.to_numpy(), batch, torch.device(device), desc=None)
         mask = assemble(store, sid, sel["slice"].to_numpy(), (logits[:, 0] >= 0).numpy())
         save_study_masks(run_dir, "unet", {sid: mask})
     return studies
