@@ -295,8 +295,12 @@ report.print_results(run)
 # print(metrics.icc_agreement(d["mtv_true_ml"], d["mtv_pred_ml"])["icc"],
 #       metrics.icc_agreement(d["mtv_true_ml"], d["mtv_pred_ml"] + 20)["icc"])
 # ```
-# $MS_R$ and $MS_E$ do not change (a constant shift of one column), so ICC(3,1) stays the same; $MS_C$ grows by
-# $n \cdot 20^2 / 2$, so ICC(2,1) drops. The paper's choice penalises a systematic offset.
+# $MS_R$ and $MS_E$ do not change (a constant shift of one column is absorbed by the column effect), so ICC(3,1)
+# stays the same. With two raters $MS_C = n\,\bar d^2 / 2$, $\bar d$ the mean difference estimate − truth;
+# the shift makes it $n(\bar d + 20)^2/2$. That grows only when $\bar d > -10$ ml (by $n \cdot 20^2/2$ exactly
+# when $\bar d = 0$); the U-Net over-estimates ($\bar d > 0$), so its ICC(2,1) drops, while for a method that
+# under-estimates by more than 10 ml the same shift would *raise* it. The paper's choice penalises a
+# systematic offset, whichever way it points.
 # </details>
 #
 # **3. 6- vs 18-connectivity.** How does the false-positive volume of GradCAM change with face-only
