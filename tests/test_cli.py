@@ -69,6 +69,8 @@ def test_unknown_notebook_and_bad_run_dir_are_refused(tmp_path: Path, capsys: py
     blocker.write_text("x")
     _fails(["run", "--run-dir", str(blocker)], capsys, f"run directory {blocker}: exists and is not a folder")
     _fails(["preprocess", "--out", str(blocker)], capsys, f"slice store {blocker}: exists and is not a folder")
+    _fails(["preprocess", "--out", str(blocker / "store")], capsys,
+           f"slice store {blocker / 'store'}: cannot be created ({blocker} is not a folder)")
     assert blocker.read_text() == "x"
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from .config import PROFILES, get_config
 from .errors import InputError
-from .runs import resolve_path, writable_dir
+from .runs import check_writable, resolve_path, writable_dir
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -76,6 +76,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from .slices import preprocess_cohort
 
     config = _config(args)
+    check_writable(args.out, "slice store")
     studies = load_manifest(resolve_path(config.manifest), subset=config.subset)
     out = writable_dir(args.out, "slice store")
     store = preprocess_cohort(studies, out, spacing_mm=config.spacing_mm, slice_size=config.slice_size,

@@ -112,17 +112,27 @@ class Run:
         return p
 
 
-def writable_dir(path: str | os.PathLike[str], what: str = "run directory") -> Path:
-    """`path` created if needed and checked writable; a file in the way or no permission is an InputError."""
+def check_writable(path: str | os.PathLike[str], what: str = "run directory") -> Path:
+    """`path` resolved and checked to be a folder that exists or could be created, without creating it."""
     path = Path(path).resolve()
     if path.exists() and not path.is_dir():
         raise InputError(f"{what} {path}: exists and is not a folder")
+    parent = next(p for p in (path, *path.parents) if p.exists())
+    if not parent.is_dir():
+        raise InputError(f"{what} {path}: cannot be created ({parent} is not a folder)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{what} {path}: not writable" if parent == path else
+                         f"{what} {path}: cannot be created ({parent} is not writable)")
+    return path
+
+
+def writable_dir(path: str | os.PathLike[str], what: str = "run directory") -> Path:
+    """`path` created if needed and checked writable; a file in the way or no permission is an InputError."""
+    path = check_writable(path, what)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise InputError(f"{what} {path}: cannot be created ({err.strerror})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise InputError(f"{what} {path}: not writable")
     return path
 
 
