@@ -8,7 +8,7 @@ RUN_DIR ?= runs/$(PROFILE)
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv run test unit nbval bench sync notebooks clean
+.PHONY: venv browser run test unit nbval bench sync notebooks clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
@@ -20,9 +20,14 @@ $(STAMP): pyproject.toml constraints.txt
 run: venv            ## the whole notebook chain, headless (papermill), demo profile by default
 	$(PY) -m wsseg_nb run --profile $(PROFILE) --run-dir $(RUN_DIR)
 
-test: venv           ## unit tests, notebook pairing, then nbval on the committed notebooks
+test: venv browser   ## unit tests, notebook pairing, then nbval on the committed notebooks and the browser test
 	$(PY) -m pytest -q tests
 	$(PY) -m pytest -q --nbval-lax --nbval-current-env notebooks/
+
+browser:             ## Debian's chromium for the browser test of notebook 04 (apt-get as root; else the test skips)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
+	  || echo "warning: no chromium here (install it as root); notebooks/test_explorer_browser.py will be skipped"
 
 unit: venv
 	$(PY) -m pytest -q tests

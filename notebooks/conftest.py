@@ -5,8 +5,10 @@ import re
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
+import nbformat
 import pytest
 
 OUTPUT_TIMEOUT_S = 120
@@ -14,6 +16,34 @@ OUTPUT_TIMEOUT_S = 120
 to send a cell's figures."""
 RUN_DIR = Path(tempfile.mkdtemp(prefix="wsseg-nbval-"))
 """Where the notebooks under test write: empty at the start, so no earlier run on disk can make them pass or fail."""
+
+
+def point_at_run_dir(source: str, where: str) -> str:
+    """A `parameters` cell's source with its `run_dir = ...` line replaced by RUN_DIR; no such line is an error."""
+    source, n = re.subn(r"^run_dir = .*$", f"run_dir = {str(RUN_DIR)!r}", source, flags=re.M)
+    if n != 1:
+        raise pytest.UsageError(f"{where}: the parameters cell sets no `run_dir = ...` line")
+    return source
+
+
+@pytest.fixture
+def notebook_on_run_dir(tmp_path: Path) -> Callable[[str], Path]:
+    """Copy a committed notebook into tmp_path with its `parameters` cell pointed at RUN_DIR.
+
+    Skips where the notebooks under test have not filled RUN_DIR with notebook 03's maps in this session.
+    """
+    if not (RUN_DIR / "cams" / "index.csv").exists():
+        pytest.skip("needs the chain's run directory: run with the notebooks, e.g. `pytest --nbval-lax notebooks/`")
+
+    def copy(name: str) -> Path:
+        notebook = nbformat.read(Path(__file__).parent / name, as_version=4)
+        for cell in notebook.cells:
+            if "parameters" in cell.metadata.get("tags", []):
+                cell.source = point_at_run_dir(cell.source, name)
+        nbformat.write(notebook, tmp_path / name)
+        return tmp_path / name
+
+    return copy
 
 
 def _reproducible_here() -> bool:
@@ -43,9 +73,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.output_timeout = OUTPUT_TIMEOUT_S
         cell = getattr(item, "cell", None)
         if cell is not None and "parameters" in cell.metadata.get("tags", []):
-            cell.source, n = re.subn(r"^run_dir = .*$", f"run_dir = {str(RUN_DIR)!r}", cell.source, flags=re.M)
-            if n != 1:
-                raise pytest.UsageError(f"{item.nodeid}: the parameters cell sets no `run_dir = ...` line")
+            cell.source = point_at_run_dir(cell.source, item.nodeid)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

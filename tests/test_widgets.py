@@ -110,6 +110,9 @@ def test_draw_is_pure_and_widget_controls_drive_update(setup):
     assert not sliders["q (SUV %)"].continuous_update and not sliders["slice"].continuous_update
     sliders["q (SUV %)"].value = q_options[1]
     assert ex.params["q"] == q_options[1]
+    view = ex.view()
+    assert panel.numbers.value == widgets.status(view)
+    assert f"q {q_options[1]:.1f}" in panel.numbers.value and f"study Dice {view.study_dice:.3f}" in panel.numbers.value
     sliders["method"].value = "scorecam"
     assert sliders["t (CAM)"].value == pytest.approx(tuned["scorecam"].params["t"])
 

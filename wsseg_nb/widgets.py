@@ -59,6 +59,13 @@ def _titles(view: View) -> list[str]:
             else "val surface; study without lesion"]
 
 
+def status(view: View) -> str:
+    """One line of the frame's numbers as text (the live panel shows it under the image; a browser test reads it)."""
+    study = f"{view.study_dice:.3f}" if np.isfinite(view.study_dice) else "n/a (no lesion)"
+    return (f"{DISPLAY.get(view.method, view.method)} · t {view.t:.2f} · q {view.q:.1f} · {view.study_id} "
+            f"z={view.z} · slice Dice {view.slice_dice:.3f} · study Dice {study}")
+
+
 def _rgb(values: np.ndarray, cmap: str, vmin: float, vmax: float) -> np.ndarray:
     """A scalar image as float RGB (S, S, 3) through a colormap."""
     return matplotlib.colormaps[cmap](np.clip((values - vmin) / (vmax - vmin), 0, 1))[..., :3]
@@ -142,9 +149,9 @@ class Explorer:
             study_id = str(data.studies["lesion_voxels"].idxmax())
         self.params: dict[str, Any] = {"method": method, **self.tuned[method].params, "study_id": study_id,
                                        "z": self._default_slice(study_id)}
-        view = self.view()
-        self.figure, self._art = _build(view)
-        _apply(self._art, view)
+        self.current = self.view()
+        self.figure, self._art = _build(self.current)
+        _apply(self._art, self.current)
 
     def _default_slice(self, study_id: str) -> int:
         """The study's slice with the largest lesion area (its first slice if it has none)."""
@@ -187,7 +194,8 @@ class Explorer:
         if "study_id" in changes and "z" not in changes:
             changes["z"] = self._default_slice(changes["study_id"])
         self.params.update(changes)
-        _apply(self._art, self.view())
+        self.current = self.view()
+        _apply(self._art, self.current)
         return self.figure
 
     def png(self) -> bytes:
@@ -225,6 +233,7 @@ class Explorer:
         }
         steps = {-1: w.Button(description="◀ slice with map"), 1: w.Button(description="slice with map ▶")}
         image = w.Image(value=self.png(), format="png")
+        numbers = w.HTML(value=status(self.current))
         errors = w.Output()
 
         def on_change(key: str, change: dict[str, Any]) -> None:
@@ -237,6 +246,7 @@ class Explorer:
                     control.value = self.params[name]
                     control.observe(handlers[name], "value")
                 image.value = self.png()
+                numbers.value = status(self.current)
 
         def step(direction: int) -> None:
             with errors:
@@ -251,15 +261,16 @@ class Explorer:
         for direction, button in steps.items():
             button.on_click(lambda _, direction=direction: step(direction))
         box = w.VBox([w.HBox([controls["method"], controls["study_id"], controls["z"]]),
-                      w.HBox([controls["t"], controls["q"], steps[-1], steps[1]]), image, errors])
-        return ExplorerPanel(box, controls, steps, image.value)
+                      w.HBox([controls["t"], controls["q"], steps[-1], steps[1]]), image, numbers, errors])
+        return ExplorerPanel(box, controls, steps, image.value, numbers)
 
 
 class ExplorerPanel:
     """The explorer's widget box; a saved notebook without widget state shows its first frame as a PNG instead."""
 
-    def __init__(self, box: Any, controls: dict[str, Any], steps: dict[int, Any], first_frame: bytes) -> None:
-        self.box, self.controls, self.steps, self._png = box, controls, steps, first_frame
+    def __init__(self, box: Any, controls: dict[str, Any], steps: dict[int, Any], first_frame: bytes,
+                 numbers: Any) -> None:
+        self.box, self.controls, self.steps, self._png, self.numbers = box, controls, steps, first_frame, numbers
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         bundle = self.box._repr_mimebundle_(**kwargs)
