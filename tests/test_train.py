@@ -255,3 +255,36 @@ def test_best_epoch_maximises_the_product_of_the_select_columns(tmp_path: Path) 
     best = torch.load(tmp_path / "best.pt", weights_only=False)
     assert best["epoch"] == int(np.argmax(product)) + 1
     assert best["metrics"]["val_extra"] == hist["val_extra"].iloc[best["epoch"] - 1]
+
+
+class SuvLogit(torch.nn.Module):
+    """A stand-in U-Net whose logit is SUV - 1.2: p >= 0.5 marks lesion plus the hotter half of the body."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :1] - 1.2
+
+
+def test_unet_validation_scores_each_study_at_each_threshold() -> None:
+    store = ToyStore()
+    store.index["lesion_voxels"] = store.mask.reshape(12, -1).sum(1)
+    dataset = ToySlices(12, 5)
+    dataset.store, dataset.positions = store, np.arange(12)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=5)
+    thresholds = (0.5, 0.8, 0.9)
+    got = train.evaluate(SuvLogit(), loader, "unet", 1.0, torch.device("cpu"), thresholds)
+    suv, truth = store.x[:, 0].astype(np.float64), store.mask.astype(bool)
+    expected = []
+    for p in thresholds:
+        pred = suv - 1.2 >= math.log(p / (1 - p))
+        per_study = [2 * (pred[s] & truth[s]).sum() / (pred[s].sum() + truth[s].sum())
+                     for s in (slice(0, 4), slice(4, 8), slice(8, 12))]
+        expected.append(np.median(per_study))
+        assert got[f"study_dice@{p:g}"] == pytest.approx(expected[-1], abs=1e-6)
+    assert expected[0] < 0.5 and expected[1] == expected[2] == 1.0  # the body's noise reaches SUV 1.6 < 1.2 + 1.39
+    assert got["study_dice"] == 1.0 and got["threshold"] == 0.8  # the first threshold that reaches the best median
+    pooled = suv - 1.2 >= 0
+    assert got["dice"] == pytest.approx(2 * (pooled & truth).sum() / (pooled.sum() + truth.sum()), abs=1e-6)

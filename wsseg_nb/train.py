@@ -102,14 +102,29 @@ def _target(kind: str, label: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return label.float() if kind == "classifier" else mask[:, None].float()
 
 
+def _study_keys(dataset: Dataset) -> tuple[np.ndarray, pd.Series] | None:
+    """Study of each item and lesion voxels per study of a SliceDataset (None for other datasets)."""
+    store, positions = getattr(dataset, "store", None), getattr(dataset, "positions", None)
+    if store is None or positions is None:
+        return None
+    rows = store.index.iloc[positions]
+    return rows["study_id"].to_numpy(), rows.groupby("study_id", sort=False)["lesion_voxels"].sum()
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: DataLoader, kind: str, pos_weight: float,
-             device: torch.device) -> dict[str, float]:
-    """Validation: weighted CE (same reduction over the whole set) plus AUC etc. (classifier) or pooled Dice (U-Net)."""
+             device: torch.device, thresholds: Sequence[float] = (0.5,)) -> dict[str, float]:
+    """Validation: weighted CE (same reduction over the whole set) plus AUC etc. (classifier) or Dice (U-Net).
+
+    U-Net: `dice` pools all slices at p >= 0.5; on a SliceDataset also the median per-study 3D Dice at each
+    probability threshold (`study_dice@<p>`), the best of them (`study_dice`) and its threshold (`threshold`),
+    from per-slice counts of the same forward pass (notebook 05).
+    """
     model.eval()
     num = torch.zeros((), device=device)
     den, inter, pred_sum, gt_sum = num.clone(), num.clone(), num.clone(), num.clone()
-    logits_all, labels_all = [], []
+    logits_all, labels_all, slice_inter, slice_pred = [], [], [], []
+    cuts = torch.logit(torch.tensor([float(p) for p in thresholds], dtype=torch.float64)).float().to(device)
     for x, label, mask in loader:
         x, label, mask = _to_device((x, label, mask), device)
         out = _forward(model, x, device)
@@ -125,13 +140,25 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, kind: str, pos_weight: 
             inter += (hit & (target > 0)).sum()
             pred_sum += hit.sum()
             gt_sum += target.sum()
+            called = out.float().flatten(1)[..., None] >= cuts  # (B, S*S, thresholds)
+            slice_inter.append((called & (target.flatten(1)[..., None] > 0)).sum(1))
+            slice_pred.append(called.sum(1))
     metrics = {"loss": float(num / den)}
     if kind == "classifier":
         probs = torch.sigmoid(torch.cat(logits_all)).cpu().numpy()
         metrics.update(classifier_metrics(torch.cat(labels_all).cpu().numpy(), probs))
-    else:
-        total = float(pred_sum + gt_sum)
-        metrics["dice"] = 2.0 * float(inter) / total if total else float("nan")
+        return metrics
+    total = float(pred_sum + gt_sum)
+    metrics["dice"] = 2.0 * float(inter) / total if total else float("nan")
+    keys = _study_keys(loader.dataset)
+    if keys is not None and slice_inter:
+        from .segment import study_dice
+
+        per_study = study_dice(torch.cat(slice_inter).cpu().numpy(), torch.cat(slice_pred).cpu().numpy(), *keys)
+        medians = np.nanmedian(per_study, axis=0) if np.isfinite(per_study).any() else np.full(len(thresholds), np.nan)
+        metrics.update({f"study_dice@{p:g}": float(m) for p, m in zip(thresholds, medians)})
+        best = int(np.nanargmax(medians)) if np.isfinite(medians).any() else 0
+        metrics.update(study_dice=float(medians[best]), threshold=float(thresholds[best]))
     return metrics
 
 
@@ -231,7 +258,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
         device: torch.device, workers: int = 0, engine: str = "torch", sampling: str = "all",
         pool_fraction: float = 0.0, probe: Callable[[torch.nn.Module], dict[str, float]] | None = None,
         select: str | None = None, schedule: str = "constant", warmup_epochs: float = 0.0,
-        hparams: dict[str, Any] | None = None, resume: bool = True) -> pd.DataFrame:
+        thresholds: Sequence[float] = (0.5,), hparams: dict[str, Any] | None = None,
+        resume: bool = True) -> pd.DataFrame:
     """Train with augmentation; per epoch validate, write last.pt (atomic), best.pt and history.csv; resume from last.pt.
 
     An epoch visits every training slice (`sampling="all"`), or every tumor slice plus as many tumor-free ones
@@ -305,7 +333,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
             t_fetch = time.perf_counter()
         bar.close()
         train_time = time.perf_counter() - t0
-        val = evaluate(model, val_loader, kind, pos_weight, device)
+        val = evaluate(model, val_loader, kind, pos_weight, device, thresholds)
         if probe is not None:
             val.update(probe(model))
         row = {"epoch": epoch + 1, "train_loss": float(loss_sum) / max(steps, 1),
