@@ -1,5 +1,11 @@
 """Slice store: preprocessing end to end on tiny studies, resume, bad inputs, split, reading, Dataset, assembly."""
+import json
+import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +14,7 @@ import pytest
 import torch
 
 from wsseg_nb import slices, volume
+from wsseg_nb.errors import InputError
 from wsseg_nb.suv import suv_factor
 
 SHAPE = (20, 40, 40)
@@ -28,6 +35,16 @@ def world_of(shape, affine):
     return (np.stack([zyx[2], zyx[1], zyx[0], np.ones(shape)], -1) @ affine.T)[..., :3]
 
 
+def write_raw(path, array_zyx, affine, sform_code=1):
+    """A NIfTI file with only an sform (code 0: no orientation at all)."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(array_zyx.transpose(2, 1, 0), None)
+    img.set_sform(affine, code=sform_code)
+    img.set_qform(None, code=0)
+    nib.save(img, path)
+
+
 def write_study(root, sid, diagnosis="lymphoma", break_=None):
     """A tiny CT (2x2x3 mm) / PET (4x4x3 mm, other origin) / SEG study; `break_` makes one input bad."""
     d = Path(root) / sid
@@ -40,22 +57,46 @@ def write_study(root, sid, diagnosis="lymphoma", break_=None):
     seg[12, 18:20, 20:22] = 1
     pet_shape = (20, 20, 20)
     pet = pet_ramp(world_of(pet_shape, PET_AFF)).astype(np.float32)
-    pet_aff = PET_AFF.copy()
+    pet_aff, seg_aff, units, activity = PET_AFF.copy(), CT_AFF.copy(), "BQML", 300.0
     if break_ == "nan":
         pet[3, 3, 3] = np.nan
     if break_ == "mask2":
         seg[6, 21, 16] = 2
+    if break_ == "mask255":
+        seg *= 255
     if break_ == "no_overlap":
         pet_aff[2, 3] = 500.0
+    if break_ == "pet_short":  # PET slices 0..9 only: it covers 10 of the CT's 20 slices
+        pet = pet[:10]
+    if break_ == "seg_shifted":
+        seg_aff[0, 3] += 1.0
+    if break_ == "seg_grid":  # SEG on the PET's grid (autoPET's SEG beside the original CT)
+        seg, seg_aff = seg[:, ::2, ::2], PET_AFF
+    if break_ == "suv_labelled":  # Bq/ml values labelled SUV
+        units = "SUV"
+    if break_ == "bqml_is_suv":  # values already SUV labelled BQML
+        pet *= 3.4e-4
+    if break_ == "activity_kbq":  # 300 MBq written as 0.3: SUV 1000x too high
+        activity = 0.3
+    if break_ == "negative":  # a third of the PET wrapped to large negative values
+        pet[:7] = -30000.0
+    if break_ == "ct_uint16":  # stored without its rescale intercept of -1024
+        ct = (ct + 1024).astype(np.uint16)
+    if break_ == "ct_air":
+        ct[:] = -1000
     volume.save_nifti(ct, CT_AFF, d / "CT.nii.gz")
     volume.save_nifti(pet, pet_aff, d / "PET.nii.gz")
-    volume.save_nifti(seg, CT_AFF, d / "SEG.nii.gz")
+    volume.save_nifti(seg, seg_aff, d / "SEG.nii.gz")
+    if break_ == "zero_pixdim":
+        write_raw(d / "CT.nii.gz", ct, CT_AFF @ np.diag([1.0, 0.0, 1.0, 1.0]))
+    if break_ == "no_orientation":
+        write_raw(d / "PET.nii.gz", pet, pet_aff, sform_code=0)
     if break_ == "truncated":
         blob = (d / "CT.nii.gz").read_bytes()
         (d / "CT.nii.gz").write_bytes(blob[: len(blob) // 2])
     return {"study_id": sid, "diagnosis": diagnosis, "weight_kg": np.nan if break_ == "weight" else 70.0,
-            "injected_activity_mbq": 300.0, "injection_to_scan_s": 3600.0, "ct_path": str(d / "CT.nii.gz"),
-            "pet_path": str(d / "PET.nii.gz"), "seg_path": str(d / "SEG.nii.gz"), "pet_units": "BQML", "split": ""}
+            "injected_activity_mbq": activity, "injection_to_scan_s": 3600.0, "ct_path": str(d / "CT.nii.gz"),
+            "pet_path": str(d / "PET.nii.gz"), "seg_path": str(d / "SEG.nii.gz"), "pet_units": units, "split": ""}
 
 
 @pytest.fixture(scope="module")
@@ -129,16 +170,32 @@ def test_resume_does_no_work_and_recovers_a_killed_study(cohort):
         slices.preprocess_cohort(df, store.root, (6.0, 4.0, 4.0), SIZE)
 
 
+AT = r"study BAD, field {0}, file .*{1}.nii.gz: "
+
+
 @pytest.mark.parametrize("break_, match", [
-    ("nan", r"study BAD, field pet_path, file .*PET.nii.gz: 1 voxels are NaN"),
-    ("mask2", r"study BAD, field seg_path, file .*SEG.nii.gz: mask must be binary"),
-    ("no_overlap", r"study BAD, field pet_path, file .*PET.nii.gz: does not overlap the CT"),
-    ("truncated", r"study BAD, field ct_path, file .*CT.nii.gz: cannot read NIfTI"),
+    ("nan", AT.format("pet_path", "PET") + "1 voxels are NaN"),
+    ("mask2", AT.format("seg_path", "SEG") + r"mask must be binary \(0/1\); 1 voxels have other values, e.g. \[2\]"),
+    ("mask255", AT.format("seg_path", "SEG") + r"mask must be binary .*17 voxels .*\[255\] \(a 0/255 image"),
+    ("no_overlap", AT.format("pet_path", "PET") + r"the PET covers 0.0% of the CT's body"),
+    ("pet_short", AT.format("pet_path", "PET") + r"the PET covers 50.0% of the CT's body .* at least 90%"),
+    ("seg_shifted", AT.format("seg_path", "SEG") + r"affine differs from the CT's: voxel centres up to 1 mm apart"),
+    ("seg_grid", AT.format("seg_path", "SEG") + r"shape \(x, y, z\) \[20, 20, 20\], the CT's \[40, 40, 20\]"),
+    ("zero_pixdim", AT.format("ct_path", "CT") + r"degenerate affine: voxel spacing \(x, y, z\) \[2.0, 0.0, 3.0\]"),
+    ("no_orientation", AT.format("pet_path", "PET") + r"header fields sform_code and qform_code are both 0"),
+    ("suv_labelled", AT.format("pet_path", "PET") + r"pet_units SUV: 99th percentile of SUV in the body is 4\d{3}, "
+                                                   r"expected 0.2..100 \(values in Bq/ml labelled SUV"),
+    ("bqml_is_suv", AT.format("pet_path", "PET") + r"pet_units BQML: 99th percentile .* is 0.000\d+, .*already in SUV"),
+    ("activity_kbq", AT.format("pet_path", "PET") + r"pet_units BQML: 99th percentile .* is 1\d{3}, .*check weight_kg"),
+    ("negative", AT.format("pet_path", "PET") + r"1st percentile of SUV in the body is -10\.\d, expected >= -1"),
+    ("ct_uint16", AT.format("ct_path", "CT") + r"minimum value 24 \(uint16\) is above -500: no air, so not HU"),
+    ("ct_air", AT.format("ct_path", "CT") + r"0.00% of the store grid is above -500 HU \(body\)"),
+    ("truncated", AT.format("ct_path", "CT") + r"cannot read NIfTI"),
     ("weight", r"study BAD: field weight_kg must be a positive number"),
 ])
 def test_bad_study_raises_and_leaves_nothing(tmp_path, break_, match):
     df = pd.DataFrame([write_study(tmp_path / "data", "BAD", break_=break_)])
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InputError, match=match):
         slices.preprocess_cohort(df, tmp_path / "store", SPACING, SIZE, workers=1)
     assert [p.name for p in (tmp_path / "store").iterdir()] == []
 
@@ -236,3 +293,86 @@ def test_assemble(cohort):
     vol = slices.assemble(store, "S1", [6, 2], masks)
     assert vol.shape == (SHAPE[0], SIZE, SIZE) and vol.dtype == bool
     assert vol.sum() == 3 and vol[6, 3, 4] and vol[2, 10:12, 5].all()
+
+
+def test_rerun_redoes_exactly_the_stale_studies(tmp_path, capsys):
+    rows = [write_study(tmp_path / "data", f"S{i}") for i in range(4)]
+    df = pd.DataFrame(rows).assign(split=["train", "train", "val", "test"])  # given splits: no reshuffle
+    root = slices.preprocess_cohort(df, tmp_path / "store", SPACING, SIZE, workers=1).root
+    stamps = {p.parent.name: p.stat().st_mtime_ns for p in root.glob("S*/ct.npy")}
+    suv_s1 = np.load(root / "S1" / "suv.npy")
+    capsys.readouterr()
+    seg = np.zeros(SHAPE, np.uint8)
+    seg[8, 10:12, 10:13] = 1
+    volume.save_nifti(seg, CT_AFF, rows[0]["seg_path"])  # S0: a source file rewritten
+    df.loc[1, "weight_kg"] = 35.0  # S1: a manifest field changed
+    df.loc[2, "diagnosis"] = "melanoma"  # S2: diagnosis changed, and made by code without fingerprints
+    meta = json.loads((root / "S2" / "meta.json").read_text())
+    (root / "S2" / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "fingerprint"}))
+    store = slices.preprocess_cohort(df, root, SPACING, SIZE, workers=1)
+    assert capsys.readouterr().out == ("preprocess: redoing 3 stored studies whose inputs changed (manifest row, "
+                                       "source files, grid or store version): S0, S1, S2\n")
+    after = {p.parent.name: p.stat().st_mtime_ns for p in root.glob("S*/ct.npy")}
+    assert [sid for sid in sorted(stamps) if after[sid] == stamps[sid]] == ["S3"]
+    rows_s0 = store.index[store.index.study_id == "S0"]
+    assert rows_s0.lesion_voxels.sum() == 6 and rows_s0.set_index("slice").lesion_voxels[8] == 6
+    np.testing.assert_array_equal(store.study("S1").suv, suv_s1 / 2)  # SUV is proportional to the weight
+    assert set(store.index[store.index.study_id == "S2"].diagnosis) == {"melanoma"} == {store.study("S2").meta["diagnosis"]}
+    slices.preprocess_cohort(df, root, SPACING, SIZE, workers=1)
+    assert capsys.readouterr().out == ""
+    # a rerun that fails keeps neither the stale study nor an index that still lists it
+    bad = np.zeros(SHAPE, np.uint8)
+    bad[3, 3, 3] = 2
+    volume.save_nifti(bad, CT_AFF, rows[3]["seg_path"])
+    with pytest.raises(InputError, match="study S3, field seg_path"):
+        slices.preprocess_cohort(df, root, SPACING, SIZE, workers=1)
+    assert sorted(p.name for p in root.iterdir()) == ["S0", "S1", "S2"]
+
+
+def test_fingerprint_covers_row_files_grid_and_version(tmp_path, monkeypatch):
+    row = write_study(tmp_path, "S0")
+    base = slices.fingerprint(slices.study_inputs(row, SPACING, SIZE))
+    assert base == slices.fingerprint(slices.study_inputs(dict(row), list(SPACING), SIZE))
+    assert base == slices.fingerprint(slices.study_inputs({**row, "demo": 1, "seed": 7}, SPACING, SIZE))
+    changed = [slices.study_inputs({**row, "injection_to_scan_s": 3601.0}, SPACING, SIZE),
+               slices.study_inputs(row, (3.0, 2.0, 2.5), SIZE), slices.study_inputs(row, SPACING, SIZE + 8)]
+    Path(row["pet_path"]).touch()
+    changed.append(slices.study_inputs(row, SPACING, SIZE))
+    monkeypatch.setattr(slices, "STORE_VERSION", slices.STORE_VERSION + 1)
+    changed.append(slices.study_inputs(row, SPACING, SIZE))
+    prints = {slices.fingerprint(inputs) for inputs in changed}
+    assert len(prints) == 5 and base not in prints
+
+
+def alive(pid):
+    """Whether a process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize("watched", [True, False], ids=["worker_pool", "plain_executor"])
+def test_workers_exit_when_the_parent_is_killed(watched):
+    script = (
+        "import multiprocessing, os, sys, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from wsseg_nb import slices\n"
+        f"pool = slices.worker_pool(1) if {watched} else "
+        "ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'))\n"
+        "print(pool.submit(os.getpid).result(), flush=True)\n"
+        "pool.submit(time.sleep, 60)\n"
+        "time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + (10 if watched else 3)
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert alive(worker) is not watched
+    finally:
+        if alive(worker):
+            os.kill(worker, signal.SIGKILL)

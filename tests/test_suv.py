@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from wsseg_nb.suv import F18_HALF_LIFE_S, seconds_between, suv_factor, to_suv
+from wsseg_nb.errors import InputError
+from wsseg_nb.suv import F18_HALF_LIFE_S, check_body_suv, seconds_between, suv_factor, to_suv
 
 REFERENCE = 4.2748316187197236e-4  # DESIGN.md: 67 kg, 374 MBq, 08:30:45 -> 10:48:29
 
@@ -55,3 +56,30 @@ def test_vectorised_error_names_the_bad_study():
 def test_unknown_units():
     with pytest.raises(ValueError, match="study X: field pet_units"):
         to_suv(np.ones((1, 1, 1)), "kBq", 67, 374, 0, study_id="X")
+
+
+def test_body_suv_percentiles_are_returned_when_plausible():
+    body = np.arange(101, dtype=np.float32) / 10  # 0.0 .. 10.0: 1st percentile 0.1, 99th 9.9
+    out = check_body_suv(body, "SUV", "w")
+    assert out == pytest.approx({"body_suv_p1": 0.1, "body_suv_p99": 9.9}, rel=1e-6)
+
+
+@pytest.mark.parametrize("scale, units, match", [
+    (1000.0, "SUV", r"w: pet_units SUV: 99th percentile of SUV in the body is 9900, expected 0.2..100 "
+                    r"\(values in Bq/ml labelled SUV\? set pet_units to BQML"),
+    (20.0, "BQML", r"w: pet_units BQML: 99th percentile of SUV in the body is 198, .*check weight_kg"),
+    (0.01, "BQML", r"w: pet_units BQML: 99th percentile .* is 0.099, .*values already in SUV labelled BQML"),
+    (0.01, "SUV", r"w: pet_units SUV: .* is 0.099, .*\(nearly\) empty or scaled"),
+])
+def test_implausible_body_suv_names_the_units(scale, units, match):
+    with pytest.raises(InputError, match=match):
+        check_body_suv(np.arange(101, dtype=np.float32) / 10 * scale, units, "w")
+
+
+def test_negative_suv_beyond_noise():
+    body = np.arange(101, dtype=np.float32) / 10
+    body[:3] = -4.0  # the 1st percentile lands on -4
+    with pytest.raises(InputError, match=r"w: 1st percentile of SUV in the body is -4, expected >= -1"):
+        check_body_suv(body, "BQML", "w")
+    body[:3] = -0.5
+    assert check_body_suv(body, "BQML", "w")["body_suv_p1"] == pytest.approx(-0.5)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from wsseg_nb import volume
+from wsseg_nb.errors import InputError
 
 RAMP = np.array([0.7, -1.3, 2.1])  # f(world) = RAMP . (x, y, z) + 5
 
@@ -153,11 +154,92 @@ def test_load_errors_name_study_field_and_file(tmp_path):
         volume.load_nifti(path, "S9", "pet_path")
 
 
-def test_binary_and_overlap_checks():
+def test_binary_check_and_the_0_255_decision():
     volume.require_binary(np.array([0, 1, 1.0]), "w")
-    with pytest.raises(ValueError, match="w: mask must be binary .* 1 voxels"):
+    with pytest.raises(InputError, match=r"w: mask must be binary \(0/1\); 1 voxels have other values, e.g. \[2\]$"):
         volume.require_binary(np.array([0, 1, 2]), "w")
+    with pytest.raises(InputError, match=r"2 voxels have other values, e.g. \[255\] \(a 0/255 image: .*seg // 255"):
+        volume.require_binary(np.array([0, 255, 255], np.uint8), "w")
+
+
+def test_same_grid_check_names_the_shift():
+    aff = rotation(2, 10) @ grid((2, 2, 3), (5, 6, 7))
+    volume.require_same_grid((10, 20, 30), aff + 1e-4, (10, 20, 30), aff, "w")
+    with pytest.raises(InputError, match=r"w: shape \(x, y, z\) \[30, 20, 11\], the CT's \[30, 20, 10\]"):
+        volume.require_same_grid((11, 20, 30), aff, (10, 20, 30), aff, "w")
+    shifted = aff.copy()
+    shifted[:3, 3] += [0.3, 0.0, 0.4]
+    with pytest.raises(InputError, match=r"w: affine differs from the CT's: voxel centres up to 0.5 mm apart"):
+        volume.require_same_grid((10, 20, 30), shifted, (10, 20, 30), aff, "w")
+    scaled = aff @ np.diag([1.0, 1.0, 1.01, 1.0])  # z spacing 3 -> 3.03 mm: the last slice 9 * 0.03 mm off
+    with pytest.raises(InputError, match=r"up to 0.27 mm apart"):
+        volume.require_same_grid((10, 20, 30), scaled, (10, 20, 30), aff, "w")
+
+
+def brute_coverage(mask, affine, other_shape, other_affine):
+    """Coverage by mapping every True voxel centre into the other grid's index space."""
+    world = index_to_world(mask.shape, affine)[mask]
+    idx = (np.c_[world, np.ones(len(world))] @ np.linalg.inv(other_affine).T)[:, :3]
+    return np.all((idx >= -0.5) & (idx <= np.array(other_shape[::-1]) - 0.5), axis=1).mean()
+
+
+@pytest.mark.parametrize("other", [
+    grid((-2.0, -2.0, 3.0), (30, 20, 9.0)), grid((4.0, 4.0, 6.0), (-3, -11, 13.5)),
+    np.array([[0, 2.0, 0, -5], [-2.0, 0, 0, 21], [0, 0, 3.0, 4], [0, 0, 0, 1]]),
+    rotation(2, 12) @ grid((-2.0, -2.0, 3.0), (30, 20, 9.0)),
+], ids=["shifted", "coarser", "permuted", "oblique"])
+def test_coverage_equals_brute_force(other):
+    mask = np.random.default_rng(3).random((12, 16, 18)) < 0.4
+    aff = grid((-2.0, -2.0, 3.0), (24, 20, 0))
+    expected = brute_coverage(mask, aff, (5, 9, 10), other)
+    assert 0.05 < expected < 0.95
+    assert volume.coverage(mask, aff, (5, 9, 10), other) == pytest.approx(expected, abs=1e-12)
+
+
+def test_coverage_check_reports_the_fraction():
+    body = np.ones((10, 8, 8), bool)
     aff = grid((2, 2, 3), (0, 0, 0))
-    volume.require_overlap((10, 10, 10), grid((4, 4, 3), (18, 18, 27)), (10, 10, 10), aff, "w")
-    with pytest.raises(ValueError, match="w: does not overlap the CT in world space"):
-        volume.require_overlap((10, 10, 10), grid((4, 4, 3), (0, 0, 100)), (10, 10, 10), aff, "w")
+    assert volume.require_coverage(body, aff, (10, 8, 8), aff, "w") == 1.0
+    with pytest.raises(InputError, match=r"w: the PET covers 40.0% of the CT's body .* expected at least 90%"):
+        volume.require_coverage(body, aff, (4, 8, 8), aff, "w")  # 4 of 10 slices
+    with pytest.raises(InputError, match=r"w: the PET covers 0.0%"):
+        volume.require_coverage(body, aff, (10, 8, 8), grid((2, 2, 3), (0, 0, 100)), "w")
+
+
+def test_hu_and_body_checks():
+    volume.require_hu(np.array([-1000, 40], np.int16), "w")
+    with pytest.raises(InputError, match=r"w: minimum value 24 \(uint16\) is above -500: no air, so not HU"):
+        volume.require_hu(np.array([24, 1064], np.uint16), "w")
+    body = np.zeros((10, 10, 10), bool)
+    body[0, 0, :9] = True
+    with pytest.raises(InputError, match=r"w: 0.90% of the store grid is above -500 HU \(body\); expected at least 1%"):
+        volume.require_body(body, "w")
+    body[0, 0, 9] = True
+    volume.require_body(body, "w")
+
+
+def write_raw(path, aff, sform_code=1, qform_code=0):
+    """An uncompressed NIfTI with a chosen sform (or none) and no qform."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.zeros((6, 5, 4), np.float32), None)
+    img.set_sform(aff, code=sform_code)
+    img.set_qform(None, code=qform_code)
+    nib.save(img, path)
+
+
+def test_degenerate_affines_are_refused(tmp_path):
+    path = tmp_path / "CT.nii"
+    write_raw(path, np.diag([2.0, 0.0, 3.0, 1.0]))
+    with pytest.raises(InputError, match=r"study S1, field ct_path, file .*CT.nii: degenerate affine: voxel spacing "
+                                         r"\(x, y, z\) \[2.0, 0.0, 3.0\] mm"):
+        volume.load_nifti(path, "S1", "ct_path")
+    collinear = np.array([[2.0, 2.0, 0, 0], [0, 0, 0, 0], [0, 0, 3.0, 0], [0, 0, 0, 1]])
+    write_raw(path, collinear)
+    with pytest.raises(InputError, match=r"degenerate affine"):
+        volume.load_nifti(path, "S1", "ct_path")
+    write_raw(path, np.diag([2.0, 2.0, 3.0, 1.0]), sform_code=0)
+    with pytest.raises(InputError, match=r"study S1, field ct_path, .*sform_code and qform_code are both 0"):
+        volume.load_nifti(path, "S1", "ct_path")
+    write_raw(path, np.diag([2.0, 2.0, 3.0, 1.0]))
+    assert volume.load_nifti(path, "S1", "ct_path")[0].shape == (4, 5, 6)
