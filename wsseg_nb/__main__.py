@@ -1,4 +1,4 @@
-"""Command line: `python -m wsseg_nb {run,synth,preprocess,manifest}`."""
+"""Command line: `python -m wsseg_nb {run,synth,preprocess,manifest,segment}`."""
 from __future__ import annotations
 
 import argparse
@@ -96,6 +96,25 @@ def cmd_manifest_autopet(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_segment(args: argparse.Namespace) -> int:
+    """Segment one study with a trained run; the mask on the CT's grid, a JSON report and a lesion CSV."""
+    from .infer import autopet_files, segment_study, study_files
+
+    if args.study and (args.ct or args.pet):
+        raise InputError("give either --study DIR or --ct and --pet, not both")
+    if args.study:
+        ct, pet, is_suv = autopet_files(args.study)
+    elif args.ct and args.pet:
+        ct, pet, is_suv = args.ct, args.pet, False
+    else:
+        raise InputError("segment needs --ct CT.nii.gz and --pet PET.nii.gz, or --study DIR (an autoPET folder)")
+    files = study_files(ct, pet, args.suv or is_suv, args.weight, args.activity, args.delay)
+    _, _, record = segment_study(args.run_dir, files, args.method, args.out, args.report, args.device)
+    print(f"wrote {args.out}: {record['n_lesions']} lesions, MTV {record['mtv_ml']:.1f} ml, "
+          f"TLG {record['tlg_g']:.1f} g" + (f"; report {args.report}" if args.report else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the CLI."""
     parser = argparse.ArgumentParser(prog="python -m wsseg_nb", description=__doc__)
@@ -120,6 +139,21 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--out", required=True, help="slice store folder")
     pre.add_argument("--workers", type=int, default=0, help="processes (default: config workers)")
     pre.set_defaults(func=cmd_preprocess)
+
+    seg = sub.add_parser("segment", help="segment one study with a trained run (mask on the CT's grid + report)")
+    seg.add_argument("--run-dir", required=True, help="a run directory of the chain (classifier, thresholds, U-Net)")
+    seg.add_argument("--ct", help="CT NIfTI in HU (the mask is written on its grid)")
+    seg.add_argument("--pet", help="PET NIfTI, in Bq/ml (give --weight, --activity, --delay) or SUV (--suv)")
+    seg.add_argument("--study", help="an autoPET study folder instead of --ct/--pet (CTres over CT, SUV over PET)")
+    seg.add_argument("--suv", action="store_true", help="the PET is already body-weight SUV")
+    seg.add_argument("--weight", type=float, help="body weight in kg")
+    seg.add_argument("--activity", type=float, help="injected FDG activity in MBq")
+    seg.add_argument("--delay", type=float, help="injection-to-scan delay in seconds")
+    seg.add_argument("--method", default="scorecam", help="scorecam (default), cam, gradcampp, gradcam, unet, cam-unet")
+    seg.add_argument("--out", required=True, help="mask to write (.nii.gz)")
+    seg.add_argument("--report", help="JSON report to write; its lesion table goes beside it as .csv")
+    seg.add_argument("--device", help="cpu or cuda (default: the run's device setting)")
+    seg.set_defaults(func=cmd_segment)
 
     man = sub.add_parser("manifest", help="write a manifest for real data")
     man_sub = man.add_subparsers(dest="layout", required=True)
