@@ -117,10 +117,10 @@ def test_committed_manifest_equals_synthetic_cohort(tmp_path):
 
 
 def _autopet_tree(root: Path) -> None:
-    """Two autoPET-style studies: one lymphoma with CTres + SUV, one negative control with CT + PET only."""
+    """Two autoPET-style studies: one lymphoma with CTres + SUV, one negative control with CT (no CTres) + SUV."""
     a = root / "PETCT_aaa" / "01-02-2003-NA-PET-CT Ganzkoerper-111"
     b = root / "PETCT_bbb" / "05-06-2007-NA-PET-CT Ganzkoerper-222"
-    for folder, files in ((a, ("CT", "CTres", "PET", "SUV", "SEG")), (b, ("CT", "PET", "SEG"))):
+    for folder, files in ((a, ("CT", "CTres", "PET", "SUV", "SEG")), (b, ("CT", "PET", "SUV", "SEG"))):
         folder.mkdir(parents=True)
         for name in files:
             (folder / f"{name}.nii.gz").touch()
@@ -136,14 +136,22 @@ def test_scan_autopet(tmp_path):
     assert list(df.index) == ["PETCT_aaa_01-02-2003", "PETCT_bbb_05-06-2007"]
     a, b = df.loc["PETCT_aaa_01-02-2003"], df.loc["PETCT_bbb_05-06-2007"]
     assert Path(a["ct_path"]).name == "CTres.nii.gz" and Path(a["pet_path"]).name == "SUV.nii.gz"
-    assert Path(b["ct_path"]).name == "CT.nii.gz" and Path(b["pet_path"]).name == "PET.nii.gz"
-    assert (a["pet_units"], b["pet_units"]) == ("SUV", "BQML")
+    assert Path(b["ct_path"]).name == "CT.nii.gz" and Path(b["pet_path"]).name == "SUV.nii.gz"
+    assert (a["pet_units"], b["pet_units"]) == ("SUV", "SUV")
     assert (a["diagnosis"], b["diagnosis"], a["age"], a["sex"]) == ("lymphoma", "negative", 64, "F")
     assert set(df["split"]) <= set(manifest.SPLITS)
     out = tmp_path / "autopet.csv"
     manifest.write_manifest(df.reset_index(), out)
-    with pytest.raises(ValueError, match=r"PETCT_bbb_05-06-2007.*'weight_kg'.*missing"):
-        manifest.load_manifest(out)  # PET in Bq/ml without weight and dose cannot become SUV
+    assert len(manifest.load_manifest(out)) == 2
+
+
+def test_scan_autopet_refuses_pet_without_suv(tmp_path):
+    _autopet_tree(tmp_path)
+    (tmp_path / "PETCT_bbb" / "05-06-2007-NA-PET-CT Ganzkoerper-222" / "SUV.nii.gz").unlink()
+    with pytest.raises(manifest.InputError, match=r"study PETCT_bbb/05-06-2007-NA-PET-CT Ganzkoerper-222 has "
+                                                   r"PET.nii.gz \(Bq/ml\) but no SUV.nii.gz \(pet_path\), .*no weight"):
+        manifest.scan_autopet(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [manifest.AUTOPET_METADATA, "PETCT_aaa", "PETCT_bbb"]
 
 
 def test_scan_autopet_unknown_subject(tmp_path):

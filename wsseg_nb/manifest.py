@@ -248,7 +248,7 @@ def _match_metadata(meta: pd.DataFrame, subject: str, study_dir: Path) -> pd.Ser
 
 
 def scan_autopet(root: str | os.PathLike[str], seed: int = 0) -> pd.DataFrame:
-    """A manifest for the autoPET / FDG-PET-CT-Lesions NIfTI release (PETCT_*/<study>/...) under `root`."""
+    """A manifest for the autoPET / FDG-PET-CT-Lesions NIfTI release (PETCT_*/<study>/...) under `root` (PET as SUV)."""
     root = Path(root).resolve()
     meta = _autopet_metadata(root)
     if meta is None:
@@ -258,9 +258,12 @@ def scan_autopet(root: str | os.PathLike[str], seed: int = 0) -> pd.DataFrame:
     for study_dir in sorted(p for p in root.glob("PETCT_*/*") if p.is_dir()):
         subject = study_dir.parent.name
         ct = study_dir / "CTres.nii.gz" if (study_dir / "CTres.nii.gz").is_file() else study_dir / "CT.nii.gz"
-        suv = (study_dir / "SUV.nii.gz").is_file()
-        pet = study_dir / ("SUV.nii.gz" if suv else "PET.nii.gz")
-        seg = study_dir / "SEG.nii.gz"
+        pet, seg = study_dir / "SUV.nii.gz", study_dir / "SEG.nii.gz"
+        if not pet.is_file() and (study_dir / "PET.nii.gz").is_file():
+            raise InputError(f"{study_dir}: study {subject}/{study_dir.name} has PET.nii.gz (Bq/ml) but no SUV.nii.gz "
+                             "(pet_path), and the metadata CSV gives no weight or injected activity to convert it; "
+                             "expected SUV.nii.gz beside it, or write the study's manifest row by hand with "
+                             "pet_units BQML, weight_kg, injected_activity_mbq and injection_to_scan_s")
         for field, file in (("ct_path", ct), ("pet_path", pet), ("seg_path", seg)):
             if not file.is_file():
                 raise InputError(f"{study_dir}: study {subject}/{study_dir.name} lacks {file.name} ({field})")
@@ -269,7 +272,7 @@ def scan_autopet(root: str | os.PathLike[str], seed: int = 0) -> pd.DataFrame:
             "study_id": f"{subject}_{study_dir.name[:10]}", "subject": subject, "diagnosis": info["diagnosis"],
             "sex": info["sex"], "age": info["age"], "weight_kg": np.nan, "injected_activity_mbq": np.nan,
             "injection_to_scan_s": np.nan,
-            "ct_path": str(ct), "pet_path": str(pet), "seg_path": str(seg), "pet_units": "SUV" if suv else "BQML",
+            "ct_path": str(ct), "pet_path": str(pet), "seg_path": str(seg), "pet_units": "SUV",
         })
     if not rows:
         raise InputError(f"{root}: no study folders PETCT_*/<study>/ found")
