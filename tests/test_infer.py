@@ -283,3 +283,19 @@ def test_cli_bad_inputs_exit_2_and_write_nothing(chain: dict, tmp_path: Path,
         err = capsys.readouterr().err
         assert err.startswith("error: ") and expected in err and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_study_checks_of_preprocessing_apply(chain: dict, tmp_path: Path) -> None:
+    row, out = chain["row"], tmp_path / "mask.nii.gz"
+    bq_as_suv = infer.study_files(row["ct_path"], row["pet_path"], suv=True)
+    with pytest.raises(InputError, match=r"field --pet, .*PET.nii.gz: pet_units SUV: 99th percentile of SUV in the "
+                                         r"body is .* \(values in Bq/ml labelled SUV\?"):
+        infer.segment_study(chain["run_dir"], bq_as_suv, "cam", out)
+    pet, pet_affine = volume.load_nifti(row["pet_path"])
+    pet_affine[2, 3] += 0.6 * pet.shape[0] * pet_affine[2, 2]  # the PET slid 60 % of its length along z
+    volume.save_nifti(pet, pet_affine, tmp_path / "PET.nii.gz")
+    shifted = infer.study_files(row["ct_path"], tmp_path / "PET.nii.gz", weight_kg=row["weight_kg"],
+                                activity_mbq=row["injected_activity_mbq"], delay_s=row["injection_to_scan_s"])
+    with pytest.raises(InputError, match=r"field --pet, .*: the PET covers \d+\.\d% of the CT's body"):
+        infer.segment_study(chain["run_dir"], shifted, "cam", out)
+    assert not out.exists()

@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--method", default="scorecam", help="scorecam (default), cam, gradcampp, gradcam, unet, cam-unet")
     seg.add_argument("--out", required=True, help="mask to write (.nii.gz)")
     seg.add_argument("--report", help="JSON report to write; its lesion table goes beside it as .csv")
-    seg.add_argument("--device", help="cpu or cuda (default: the run's device setting)")
+    seg.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the run's device setting")
     seg.set_defaults(func=cmd_segment)
 
     man = sub.add_parser("manifest", help="write a manifest for real data")

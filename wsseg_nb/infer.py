@@ -23,7 +23,7 @@ from . import metrics, volume
 from .config import Config, get_config
 from .errors import InputError
 from .manifest import PLAUSIBLE
-from .suv import to_suv
+from .suv import check_body_suv, to_suv
 
 CAM_METHODS = ("scorecam", "cam", "gradcampp", "gradcam")
 UNET_DIRS = {"unet": "unet", "cam-unet": "cam_unet"}
@@ -174,18 +174,24 @@ def prepare(ct: np.ndarray, ct_affine: np.ndarray, suv: np.ndarray, pet_affine: 
 
 
 def load_study(files: StudyFiles) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """CT (HU) and PET as SUV with their affines; unreadable files or PET outside the CT are InputErrors."""
+    """CT (HU, checked for air) and PET as SUV with their affines; unreadable files are InputErrors naming them."""
     sid = files.study_id
     with as_input_error():
         ct, ct_affine = volume.load_nifti(files.ct, sid, "--ct")
+        volume.require_hu(ct, volume.where(files.ct, sid, "--ct"))
         pet, pet_affine = volume.load_nifti(files.pet, sid, "--pet")
         suv = to_suv(pet, files.pet_units, files.weight_kg, files.activity_mbq, files.delay_s, sid)
-    lo, hi = volume.world_box(pet.shape, pet_affine)
-    ct_lo, ct_hi = volume.world_box(ct.shape, ct_affine)
-    if np.any(np.minimum(hi, ct_hi) < np.maximum(lo, ct_lo)):
-        raise InputError(f"{volume.where(files.pet, sid, '--pet')}: does not overlap the CT in world space (box "
-                         f"{lo.round(1)}..{hi.round(1)} mm vs CT {ct_lo.round(1)}..{ct_hi.round(1)} mm)")
     return ct, ct_affine, suv, pet_affine
+
+
+def check_prepared(prepared: Prepared, pet_shape: tuple[int, ...], pet_affine: np.ndarray, files: StudyFiles) -> None:
+    """The store grid's checks of preprocessing: some body, the PET covering it, a plausible SUV in it (notebook 01)."""
+    body = prepared.x[:, 1] > volume.BODY_HU
+    with as_input_error():
+        volume.require_body(body, volume.where(files.ct, files.study_id, "--ct"))
+        at_pet = volume.where(files.pet, files.study_id, "--pet")
+        volume.require_coverage(body, prepared.affine, pet_shape, pet_affine, at_pet)
+        check_body_suv(prepared.x[:, 0][body], files.pet_units, at_pet)
 
 
 def _log(message: str) -> None:
@@ -312,10 +318,13 @@ def segment_study(run_dir: str | os.PathLike[str], files: StudyFiles, method: st
         check_outputs(out, report)
     config = run_config(run_dir)
     params = method_inputs(run_dir, method)
-    with as_input_error():
+    try:
         run = Run(config=config, dir=run_dir, device=pick_device(device or config.device))
+    except RuntimeError as err:
+        raise InputError(f"--device {device or config.device}: {err}") from None
     ct, ct_affine, suv, pet_affine = load_study(files)
     prepared = prepare(ct, ct_affine, suv, pet_affine, config.spacing_mm, config.slice_size)
+    check_prepared(prepared, suv.shape, pet_affine, files)
     _log(f"{files.study_id}: {len(prepared.x)} slices of {config.slice_size}x{config.slice_size} at "
          f"{list(config.spacing_mm)} mm ({time.perf_counter() - start:.1f} s)")
     mask_store, settings = store_mask(run, prepared, method, params)
