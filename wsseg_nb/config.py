@@ -71,6 +71,10 @@ class Config:
     unet_schedule: str = _p("constant", "Sec. 2.3.3: a constant learning rate; 'cosine' decays it to 0 over the epochs")
     unet_sampling: str = _p("all", "Sec. 2.3.2: trained on the image slices, all per epoch ('balanced' in the demo, "
                                    "as cls_sampling)")
+    unet_select: str = _p("val_dice", "the epoch kept (best.pt): pooled validation Dice at p >= 0.5 (the paper names no "
+                                      "criterion); 'val_study_dice': median per-study 3D Dice, the reported metric")
+    unet_threshold_grid: tuple[float, ...] = _p((0.5,), "Sec. 2.3.2: the mask is p >= 0.5; more values: the operating "
+                                                        "threshold tuned on validation (per-study Dice, kept epoch)")
     # --- run ---
     seed: int = _p(0, "global seed")
     device: str = _p("auto", "'auto' (CUDA when present), 'cpu' or 'cuda'")
@@ -177,6 +181,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "vgg_norm": ("none", "batch"),
     "vgg_init": ("he", "lsuv"),
     "cls_select": ("val_auc", "val_pointing_visible", "val_auc*val_pointing_visible"),
+    "unet_select": ("val_dice", "val_study_dice"),
     "unet_sampling": SAMPLINGS,
     "augment_engine": ("torch", "imgaug"),
 }
@@ -246,6 +251,8 @@ def check(c: Config) -> Config:
     for key in ("q_grid", "threshold_grid"):
         if not getattr(c, key) or not all(0.0 <= v <= 100.0 for v in getattr(c, key)):
             raise bad(key, "expected percentiles in [0, 100]")
+    if not c.unet_threshold_grid or not all(0.0 < v < 1.0 for v in c.unet_threshold_grid):
+        raise bad("unet_threshold_grid", "expected probabilities in (0, 1)")
     if c.scorecam_topk < 0:
         raise bad("scorecam_topk", "must be >= 0 (0 = all channels)")
     return c

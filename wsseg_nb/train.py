@@ -279,7 +279,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
     select = select or ("val_auc" if kind == "classifier" else "val_dice")
     hparams = {**(hparams or {}), "kind": kind, "batch": batch, "pos_weight": pos_weight, "seed": seed,
                "engine": engine, "sampling": sampling, "pool_fraction": pool_fraction, "select": select,
-               "schedule": schedule, "warmup_epochs": warmup_epochs}
+               "schedule": schedule, "warmup_epochs": warmup_epochs, "thresholds": [float(p) for p in thresholds]}
     if schedule == "cosine":  # the decay depends on the total: a longer resumed run would change past epochs' lr
         hparams["epochs"] = epochs
     model.to(device, memory_format=torch.channels_last)
@@ -429,8 +429,17 @@ def train_unet(run: Run, resume: bool = True) -> pd.DataFrame:
     hparams = {"width": c.unet_width, "lr": c.unet_lr, "slice_size": c.slice_size}
     return fit(model, optimizer, *_datasets(run), kind="unet", out_dir=run.dir / "unet", epochs=c.unet_epochs,
                batch=c.unet_batch, pos_weight=c.unet_pos_weight, seed=c.seed, device=run.device, workers=c.workers,
-               engine=c.augment_engine, sampling=c.unet_sampling, schedule=c.unet_schedule, hparams=hparams,
-               resume=resume)
+               engine=c.augment_engine, sampling=c.unet_sampling, schedule=c.unet_schedule, select=c.unet_select,
+               thresholds=c.unet_threshold_grid, hparams=hparams, resume=resume)
+
+
+def unet_threshold(run_dir: str | os.PathLike[str]) -> float:
+    """The U-Net's operating threshold: the one its kept epoch scored best with on validation (0.5 if none)."""
+    path = Path(run_dir) / "unet" / "best.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint {path}: train first (notebook 05)")
+    metrics = torch.load(path, map_location="cpu", weights_only=False)["metrics"]
+    return float(metrics.get("val_threshold", 0.5))
 
 
 def load_classifier(run: Run, checkpoint: str = "best") -> VGG16CAM:
@@ -493,8 +502,8 @@ def predict_classifier(model: VGG16CAM, store: SliceStore | str | os.PathLike[st
 
 def predict_unet_masks(model: UNet, store: SliceStore | str | os.PathLike[str], run_dir: str | os.PathLike[str],
                        splits: Sequence[str] = ("val", "test"), batch: int = 64,
-                       device: torch.device | str = "cpu") -> list[str]:
-    """U-Net masks (p >= 0.5) of every study of the splits, written one study at a time to masks/unet/ (notebook 05)."""
+                       device: torch.device | str = "cpu", threshold: float = 0.5) -> list[str]:
+    """U-Net masks (p >= threshold) of every study of the splits, one file per study in masks/unet/ (notebook 05)."""
     from .segment import save_study_masks
     from .slices import assemble
 
@@ -502,10 +511,11 @@ def predict_unet_masks(model: UNet, store: SliceStore | str | os.PathLike[str], 
     index = store.index.reset_index(drop=True)
     rows = index[index["split"].isin(splits)]
     studies = list(dict.fromkeys(rows["study_id"]))
+    cut = float(torch.logit(torch.tensor(threshold, dtype=torch.float64)))
     for sid in progress(studies, desc="U-Net masks"):
         sel = rows[rows["study_id"] == sid]
         logits = predict_logits(model, store, sel.index.to_numpy(), batch, torch.device(device), desc=None)
-        mask = assemble(store, sid, sel["slice"].to_numpy(), (logits[:, 0] >= 0).numpy())
+        mask = assemble(store, sid, sel["slice"].to_numpy(), (logits[:, 0] >= cut).numpy())
         save_study_masks(run_dir, "unet", {sid: mask})
     return studies
 
