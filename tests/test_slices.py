@@ -189,7 +189,7 @@ AT = r"study BAD, field {0}, file .*{1}.nii.gz: "
     ("activity_kbq", AT.format("pet_path", "PET") + r"pet_units BQML: 99th percentile .* is 1\d{3}, .*check weight_kg"),
     ("negative", AT.format("pet_path", "PET") + r"1st percentile of SUV in the body is -10\.\d, expected >= -1"),
     ("ct_uint16", AT.format("ct_path", "CT") + r"minimum value 24 \(uint16\) is above -500: no air, so not HU"),
-    ("ct_air", AT.format("ct_path", "CT") + r"0.00% of the store grid is above -500 HU \(body\)"),
+    ("ct_air", AT.format("ct_path", "CT") + r"0.00% of the voxels are above -500 HU \(body\)"),
     ("truncated", AT.format("ct_path", "CT") + r"cannot read NIfTI"),
     ("weight", r"study BAD: field weight_kg must be a positive number"),
 ])
@@ -364,7 +364,8 @@ def test_workers_exit_when_the_parent_is_killed(watched):
         "print(pool.submit(os.getpid).result(), flush=True)\n"
         "pool.submit(time.sleep, 60)\n"
         "time.sleep(60)\n")
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True)
     worker = int(parent.stdout.readline())
     parent.send_signal(signal.SIGKILL)
     parent.wait()

@@ -212,7 +212,7 @@ def test_hu_and_body_checks():
         volume.require_hu(np.array([24, 1064], np.uint16), "w")
     body = np.zeros((10, 10, 10), bool)
     body[0, 0, :9] = True
-    with pytest.raises(InputError, match=r"w: 0.90% of the store grid is above -500 HU \(body\); expected at least 1%"):
+    with pytest.raises(InputError, match=r"w: 0.90% of the voxels are above -500 HU \(body\); expected at least 1%"):
         volume.require_body(body, "w")
     body[0, 0, 9] = True
     volume.require_body(body, "w")

@@ -82,6 +82,7 @@ def preprocess_study(row: Mapping[str, Any], out_dir: str | os.PathLike[str], sp
     del pet
     grid_shape, grid_aff = volume.target_grid(ct.shape, ct_aff, tuple(spacing_mm))
     ct_grid = volume.resample(ct, ct_aff, grid_shape, grid_aff, order=1, cval=volume.AIR_HU)
+    volume.require_body(ct_grid > volume.BODY_HU, at["ct_path"])
     center = volume.body_center(ct_grid)
     ct_store, affine = volume.crop_pad(ct_grid, grid_aff, slice_size, center, volume.AIR_HU)
     suv_store = volume.crop_pad(volume.resample(suv, pet_aff, grid_shape, grid_aff, order=1), grid_aff,
@@ -106,9 +107,8 @@ def preprocess_study(row: Mapping[str, Any], out_dir: str | os.PathLike[str], sp
 
 def _store_checks(arrays: Mapping[str, np.ndarray], affine: np.ndarray, pet_shape: tuple[int, ...],
                   pet_affine: np.ndarray, pet_units: str, at: Mapping[str, str]) -> dict[str, float]:
-    """Checks on the store grid (CT > BODY_HU is body): some body, PET coverage of it, plausible SUV in it."""
+    """Checks on the store grid (CT > BODY_HU is body): PET coverage of the body, plausible SUV in it."""
     body = arrays["ct"] > volume.BODY_HU
-    volume.require_body(body, at["ct_path"])
     return {"pet_body_coverage": volume.require_coverage(body, affine, pet_shape, pet_affine, at["pet_path"]),
             **check_body_suv(arrays["suv"][body], pet_units, at["pet_path"])}
 

@@ -25,7 +25,7 @@ GRID_TOL_MM = 0.1
 MIN_PET_COVERAGE = 0.9
 """Least fraction of the CT's body (CT > BODY_HU on the store grid) that must lie inside the PET's field of view."""
 MIN_BODY_FRACTION = 0.01
-"""Least fraction of the store grid that is body (CT > BODY_HU); below it the CT is (nearly) all air."""
+"""Least fraction of the CT's voxels (on the store spacing) that are body (> BODY_HU); below it: all air."""
 
 
 def where(path: str | os.PathLike[str], study_id: str, field: str) -> str:
@@ -129,10 +129,10 @@ def require_hu(ct_zyx: np.ndarray, where: str) -> None:
 
 
 def require_body(body_zyx: np.ndarray, where: str) -> None:
-    """Raise InputError (prefixed by `where`) when under MIN_BODY_FRACTION of the store grid is body."""
+    """Raise InputError (prefixed by `where`) when under MIN_BODY_FRACTION of a CT's body mask is True."""
     fraction = np.count_nonzero(body_zyx) / body_zyx.size
     if fraction < MIN_BODY_FRACTION:
-        raise InputError(f"{where}: {fraction:.2%} of the store grid is above {BODY_HU:g} HU (body); expected at "
+        raise InputError(f"{where}: {fraction:.2%} of the voxels are above {BODY_HU:g} HU (body); expected at "
                          f"least {MIN_BODY_FRACTION:.0%}: the CT is (nearly) all air")
 
 
