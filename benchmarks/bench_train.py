@@ -11,9 +11,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from wsseg_nb.augment import augment, sample_params
 from wsseg_nb.config import get_config
-from wsseg_nb.models import UNet, VGG16CAM
+from wsseg_nb.models import VGG16CAM
 from wsseg_nb.runs import pick_device
-from wsseg_nb.train import _forward, _target, classifier_optimizer, unet_optimizer, weighted_ce
+from wsseg_nb.train import _forward, _target, classifier_optimizer, unet_model, unet_optimizer, weighted_ce
 
 PAPER_TRAIN_SLICES = int(453 * 330 * 0.6)
 """Paper scale: 453 studies x ~330 slices (2x2x3 mm) x 60% training."""
@@ -32,7 +32,7 @@ def bench(kind: str, profile: str, device: torch.device, steps: int, batch_overr
         model, batch = VGG16CAM(cfg.vgg_width), cfg.cls_batch
         opt = classifier_optimizer(model, cfg)
     else:
-        model, batch = UNet(cfg.unet_width), cfg.unet_batch
+        model, batch = unet_model(cfg), cfg.unet_batch
         opt = unet_optimizer(model, cfg)
     batch = batch_override or batch
     model.to(device, memory_format=torch.channels_last)

@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -31,14 +36,13 @@ import numpy as np
 import pandas as pd
 
 from wsseg_nb import diagnostics, manifest, phantom, runs, slices, suv, volume
-from wsseg_nb.config import describe
+from wsseg_nb.config import settings_table
 from wsseg_nb.plots import images
 
 run = runs.start(profile, run_dir, **overrides)
 cfg = run.config
 print(f"profile {cfg.profile}, device {run.device}")
-pd.DataFrame(describe(cfg), columns=["setting", "value", "source"]).set_index("setting").loc[
-    ["manifest", "subset", "spacing_mm", "slice_size", "split_fractions", "workers"]]
+settings_table(cfg, ["manifest", "subset", "spacing_mm", "slice_size", "split_fractions", "workers"])
 
 # %% [markdown]
 # ## 1. The cohort

@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -35,7 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from wsseg_nb import augment, diagnostics, models, runs, train
+from wsseg_nb import augment, config, diagnostics, models, runs, train
 from wsseg_nb.plots import training as tplots
 from wsseg_nb.slices import SliceStore
 
@@ -176,9 +181,9 @@ print(f"by hand {by_hand:.6f}, package {float(train.weighted_ce(z, y, 7.7)):.6f}
 # interrupted run resumes to the same weights) and `best.pt` keeps the epoch chosen by `cls_select`.
 
 # %%
-pd.DataFrame([(k, getattr(cfg, k)) for k in ("vgg_width", "vgg_norm", "vgg_stride", "pretrained", "cls_epochs", "cls_batch", "cls_lr",
-                                            "cls_momentum", "cls_optimizer", "cls_pos_weight", "cls_sampling", "cls_near_negatives", "cls_select", "augment_engine", "workers")],
-             columns=["setting", "value"])
+config.settings_table(cfg, ["vgg_width", "vgg_norm", "vgg_stride", "pretrained", "cls_epochs", "cls_batch", "cls_lr",
+                            "cls_momentum", "cls_optimizer", "cls_pos_weight", "cls_sampling", "cls_near_negatives",
+                            "cls_select", "augment_engine", "workers"])
 
 # %%
 t0 = time.perf_counter()

@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -33,8 +38,9 @@ import time
 
 import numpy as np
 import pandas as pd
+import torch
 
-from wsseg_nb import runs, segment, train
+from wsseg_nb import config, runs, segment, train
 from wsseg_nb.plots import training as tplots
 
 run = runs.start(profile, run_dir, **overrides)
@@ -108,36 +114,40 @@ print(f"{len(list(folder.glob('*.npz')))} studies written to {folder.relative_to
 # (`config.DEMO_OVERRIDES`).
 
 # %%
-unet_settings = ("unet_width", "unet_epochs", "unet_batch", "unet_lr", "unet_pos_weight", "unet_sampling",
-                 "augment_engine", "workers")
-pd.DataFrame([(k, getattr(cfg, k)) for k in unet_settings], columns=["setting", "value"])
+unet_settings = ("unet_width", "unet_norm", "unet_epochs", "unet_batch", "unet_lr", "unet_pos_weight",
+                 "unet_sampling", "unet_select", "unet_threshold_grid", "augment_engine", "workers")
+config.settings_table(cfg, unet_settings)
 
 # %%
 t0 = time.perf_counter()
 history = train.train_unet(run, resume=resume)
 print(f"training: {time.perf_counter() - t0:.0f} s this session; {history['train_s'].sum():.0f} s of training "
       f"over {len(history)} epochs")
-tplots.learning_curves(history, ("dice",), title="U-Net loss");
+tplots.learning_curves(history, ("dice", "study_dice"), title="U-Net loss");
 
 # %% [markdown]
 # ## 3. U-Net predictions beside the ground truth
 #
-# Test slices with the largest lesions: ground truth in cyan, U-Net mask ($p \ge 0.5$) in magenta.
+# Test slices with the largest lesions: ground truth in cyan, U-Net mask ($p \ge$ the tuned threshold) in magenta.
 
 # %%
 unet = train.load_unet(run, "best")
+threshold = train.unet_threshold(run.dir / "unet" / "best.pt")
+best = history.loc[train.selection_score(history, cfg.unet_select).idxmax()]
+print(f"kept epoch {int(best['epoch'])} of {len(history)} ({cfg.unet_select}): pooled validation Dice "
+      f"{best['val_dice']:.3f} at p >= 0.5, median per-study {best['val_study_dice']:.3f} at p >= {threshold}")
 index = data.store.index
 test_rows = index[(index["split"] == "test") & (index["lesion_voxels"] > 0)].nlargest(n_examples, "lesion_voxels")
 probs = train.predict_logits(unet, data.store, test_rows.index.to_numpy(), cfg.cam_batch, run.device)
 x, truth = data.store.read(test_rows.index.to_numpy())
 titles = [f"{r.study_id} z={r.slice}" for r in test_rows.itertuples()]
-tplots.prediction_vs_truth(x, truth, probs[:, 0].numpy() >= 0, titles);
+tplots.prediction_vs_truth(x, truth, torch.sigmoid(probs[:, 0]).numpy() >= threshold, titles);
 
 # %% [markdown]
 # Every validation and test study gets its 3D U-Net mask (all slices, no classifier gate), one file per study.
 
 # %%
-studies = train.predict_unet_masks(unet, data.store, run.dir, ("val", "test"), cfg.cam_batch, run.device)
+studies = train.predict_unet_masks(unet, data.store, run.dir, ("val", "test"), cfg.cam_batch, run.device, threshold)
 print(f"{len(studies)} studies written to masks/unet/")
 
 # %% [markdown]
@@ -155,11 +165,10 @@ print(f"{len(studies)} studies written to masks/unet/")
 # `unet/{best.pt, last.pt, history.csv}`. Notebook 06 scores them beside the CAM methods.
 
 # %%
-best = history.loc[history["val_dice"].idxmax()]
 print(f"global threshold (histogram, p = {p_hist:.1f}): test median Dice "
       f"{threshold_table.loc['histogram', 'test median Dice']:.3f} (paper 0.29)")
-print(f"U-Net: best epoch {int(best['epoch'])}, pooled validation Dice {best['val_dice']:.3f} (paper: median "
-      f"per-patient test Dice 0.72, computed in notebook 06)")
+print(f"U-Net: epoch {int(best['epoch'])}, p >= {threshold}: median per-study validation Dice "
+      f"{best['val_study_dice']:.3f} (paper: median per-patient test Dice 0.72, computed in notebook 06)")
 
 # %% [markdown]
 # ## Exercises

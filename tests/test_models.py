@@ -124,6 +124,12 @@ def test_unet_structure_and_bad_sizes() -> None:
     assert (net.out.kernel_size, net.out.out_channels) == ((1, 1), 1)
     with pytest.raises(ValueError, match="divisible by 8"):
         UNet(width=1 / 16)(torch.zeros(1, 2, 36, 32))
+    bn = UNet(width=1 / 16, norm="batch")
+    layers = [type(m).__name__ for m in bn.down[0]]
+    assert layers == ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU"]  # BN after each conv
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in bn.modules()) == 14
+    with pytest.raises(ValueError, match="norm must be one of"):
+        UNet(norm="group")
 
 
 def test_lsuv_gives_every_conv_unit_output_variance_and_unit_logit_spread() -> None:

@@ -46,10 +46,23 @@ def test_bad_overrides_are_rejected(bad: dict) -> None:
 
 
 @pytest.mark.parametrize("key", ["cls_sampling", "unet_sampling", "cls_optimizer", "pretrained", "augment_engine",
-                                 "subset"])
+                                 "subset", "unet_norm", "unet_select"])
 def test_string_settings_outside_their_choices_are_rejected_by_name(key: str) -> None:
     with pytest.raises(ValueError, match=rf"config {key}='bogus' is not one of \("):
         get_config("paper", **{key: "bogus"})
+
+
+def test_settings_table_shows_values_with_their_sources() -> None:
+    from wsseg_nb.config import settings_table
+
+    demo = get_config("demo", unet_epochs=7)
+    table = settings_table(demo, ["unet_epochs", "unet_norm"])
+    assert table.index.tolist() == ["unet_epochs", "unet_norm"] and table.loc["unet_epochs", "value"] == 7
+    assert table.loc["unet_epochs", "source"] == "Sec. 2.3.3: 200 epochs"
+    with pytest.raises(KeyError, match="no_such"):
+        settings_table(demo, ["no_such"])
+    with pytest.raises(ValueError, match="unet_threshold_grid"):
+        get_config("demo", unet_threshold_grid=(0.5, 1.0))
 
 
 def test_unknown_profile_is_rejected() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 import multiprocessing
 from pathlib import Path
 
@@ -288,3 +289,11 @@ def test_unet_validation_scores_each_study_at_each_threshold() -> None:
     assert got["study_dice"] == 1.0 and got["threshold"] == 0.8  # the first threshold that reaches the best median
     pooled = suv - 1.2 >= 0
     assert got["dice"] == pytest.approx(2 * (pooled & truth).sum() / (pooled.sum() + truth.sum()), abs=1e-6)
+
+
+def test_numerics_fingerprint_is_a_pure_function_of_the_machine() -> None:
+    torch.manual_seed(123)
+    first = train.numerics_fingerprint()
+    state = torch.random.get_rng_state()
+    assert train.numerics_fingerprint() == first and re.fullmatch(r"[0-9a-f]{16}", first)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global generator is left as it was

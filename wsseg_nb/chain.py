@@ -167,11 +167,32 @@ def run_chain(profile: str = "demo", run_dir: str | os.PathLike[str] = "runs/dem
         print(f"    done in {timings[source.stem]:.1f} s", flush=True)
         if export:
             export_notebook(output, source)
+    if export:
+        write_numerics(sources[0].parent / NUMERICS)
     write_json_atomic(run_path / "chain.json", {"profile": profile, "overrides": overrides,
                                                 "notebook_parameters": {k: v for k, v in own.items() if v},
                                                 "seconds": timings,
                                                 "total_seconds": round(sum(timings.values()), 1)})
     return timings
+
+
+NUMERICS = "numerics.json"
+"""Beside the committed notebooks: the numerics fingerprint of the machine whose run they show."""
+
+
+def write_numerics(path: Path) -> dict[str, Any]:
+    """Record which machine's rounding made the exported outputs (`train.numerics_fingerprint`, CPU, threads)."""
+    import platform
+
+    import torch
+
+    from .train import native_bf16, numerics_fingerprint
+
+    record = {"fingerprint": numerics_fingerprint("cpu"), "bf16": native_bf16(torch.device("cpu")),
+              "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": platform.processor() or
+              platform.machine()}
+    write_json_atomic(path, record)
+    return record
 
 
 def export_notebook(executed: Path, source: Path) -> Path:

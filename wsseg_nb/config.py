@@ -4,11 +4,15 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _p(default: Any, source: str) -> Any:
@@ -64,6 +68,7 @@ class Config:
     gate_grid: tuple[float, ...] = _p((0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99), "candidate thresholds when gate = 'tuned'")
     # --- U-Net baseline (Sec. 2.3.2, 2.3.3) ---
     unet_width: float = _p(1.0, "Sec. 2.3.2: U-Net 64/128/256/512")
+    unet_norm: str = _p("none", "Sec. 2.3.2: no normalisation (the authors' code); 'batch': BatchNorm after each conv")
     unet_epochs: int = _p(200, "Sec. 2.3.3: 200 epochs")
     unet_batch: int = _p(64, "Sec. 2.3.3: batch size 64")
     unet_lr: float = _p(5e-5, "Sec. 2.3.3: Adam lr 5e-5, betas (0.9, 0.999)")
@@ -182,6 +187,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "vgg_init": ("he", "lsuv"),
     "cls_select": ("val_auc", "val_pointing_visible", "val_auc*val_pointing_visible"),
     "unet_select": ("val_dice", "val_study_dice"),
+    "unet_norm": ("none", "batch"),
     "unet_sampling": SAMPLINGS,
     "augment_engine": ("torch", "imgaug"),
 }
@@ -276,3 +282,14 @@ def get_config(profile: str = "demo", **overrides: Any) -> Config:
 def describe(config: Config) -> list[tuple[str, Any, str]]:
     """(name, value, source) rows for printing the configuration with its provenance."""
     return [(f.name, getattr(config, f.name), f.metadata.get("source", "")) for f in dataclasses.fields(config)]
+
+
+def settings_table(config: Config, keys: Sequence[str]) -> pd.DataFrame:
+    """Some settings as a table (index setting; columns value, source) for a notebook to show (notebooks 01-05)."""
+    import pandas as pd
+
+    rows = {name: (value, source) for name, value, source in describe(config)}
+    unknown = [k for k in keys if k not in rows]
+    if unknown:
+        raise KeyError(f"unknown config key(s) {unknown}")
+    return pd.DataFrame([rows[k] for k in keys], index=pd.Index(keys, name="setting"), columns=["value", "source"])

@@ -207,15 +207,16 @@ def store_mask(run: Any, prepared: Prepared, method: str, params: dict[str, Any]
     import torch
 
     from . import cam, train
-    from .models import UNet
     from .segment import algorithm1
 
     c, positions = run.config, np.arange(len(prepared.x))
     if method in UNET_DIRS:
         with as_input_error():
-            model = train._load(UNet(c.unet_width), params["checkpoint"], run.device)
+            model = train._load(train.unet_model(c), params["checkpoint"], run.device)
+            threshold = train.unet_threshold(params["checkpoint"])
         logits = train.predict_logits(model, prepared, positions, c.cam_batch, run.device, desc="U-Net")
-        return (logits[:, 0] >= 0).numpy(), {"threshold_p": 0.5, "checkpoint": str(params["checkpoint"])}
+        cut = float(torch.logit(torch.tensor(threshold, dtype=torch.float64)))
+        return (logits[:, 0] >= cut).numpy(), {"threshold_p": threshold, "checkpoint": str(params["checkpoint"])}
     with as_input_error():
         model = train.load_classifier(run)
     prob = torch.sigmoid(train.predict_logits(model, prepared, positions, c.cam_batch, run.device,

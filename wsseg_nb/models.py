@@ -165,21 +165,26 @@ def lsuv_(model: VGG16CAM, x: torch.Tensor) -> VGG16CAM:
     return model
 
 
-def _double_conv(cin: int, cout: int) -> nn.Sequential:
-    """Two 3x3 conv + ReLU (no normalisation, as the authors' U-Net)."""
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True),
-                         nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(inplace=True))
+def _double_conv(cin: int, cout: int, norm: str = "none") -> nn.Sequential:
+    """Two 3x3 conv + ReLU; no normalisation as the authors' U-Net, or BatchNorm after each conv (norm='batch')."""
+    layers: list[nn.Module] = []
+    for a, b in ((cin, cout), (cout, cout)):
+        layers += [nn.Conv2d(a, b, 3, padding=1), *([nn.BatchNorm2d(b)] if norm == "batch" else []), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
 
 
 class UNet(nn.Module):
     """The authors' U-Net: double convs 64/128/256/512, three max-pools, bilinear upsampling + skips, 1x1 output (notebook 05)."""
 
-    def __init__(self, width: float = 1.0) -> None:
+    def __init__(self, width: float = 1.0, norm: str = "none") -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"UNet: norm must be one of {NORMS}, got {norm!r}")
         c1, c2, c3, c4 = (_width(c, width) for c in (64, 128, 256, 512))
         self.scale = InputScale()
-        self.down = nn.ModuleList([_double_conv(2, c1), _double_conv(c1, c2), _double_conv(c2, c3), _double_conv(c3, c4)])
-        self.up = nn.ModuleList([_double_conv(c4 + c3, c3), _double_conv(c3 + c2, c2), _double_conv(c2 + c1, c1)])
+        pairs = ((2, c1), (c1, c2), (c2, c3), (c3, c4))
+        self.down = nn.ModuleList([_double_conv(a, b, norm) for a, b in pairs])
+        self.up = nn.ModuleList([_double_conv(a, b, norm) for a, b in ((c4 + c3, c3), (c3 + c2, c2), (c2 + c1, c1))])
         self.out = nn.Conv2d(c1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -97,6 +97,28 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, device: torch.device) -> t
         return model(x).float()
 
 
+def numerics_fingerprint(device: torch.device | str = "cpu") -> str:
+    """A hash of one seeded training step's gradients: equal only where the kernels round as this machine's do.
+
+    Training is chaotic: CPUs that both compute bf16 natively but accumulate in another order (AMX tiles vs
+    AVX512-BF16) end 16 epochs at other weights. Notebook outputs are reproducible only where this matches.
+    """
+    import hashlib
+
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = UNet(1 / 8).to(device, memory_format=torch.channels_last)
+    x = torch.rand((4, 2, 32, 32), generator=generator).to(device) * torch.tensor([10.0, 1000.0], device=device)[:, None, None]
+    target = (torch.rand((4, 1, 32, 32), generator=generator) > 0.9).float().to(device)
+    weighted_ce(_forward(model, x, device), target, 7.7).backward()
+    digest = hashlib.sha256()
+    for param in model.parameters():
+        digest.update(param.grad.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _target(kind: str, label: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """What the network is trained on: the slice label (classifier) or the lesion mask (B, 1, S, S) (U-Net)."""
     return label.float() if kind == "classifier" else mask[:, None].float()
@@ -420,22 +442,27 @@ def classifier_model(c: Config, pretrained: str | None = None) -> VGG16CAM:
     return VGG16CAM(c.vgg_width, c.pretrained if pretrained is None else pretrained, c.vgg_norm, c.vgg_stride)
 
 
+def unet_model(c: Config) -> UNet:
+    """The U-Net of a config (width, normalisation), untrained."""
+    return UNet(c.unet_width, c.unet_norm)
+
+
 def train_unet(run: Run, resume: bool = True) -> pd.DataFrame:
     """The U-Net baseline with Adam (lr from the config, betas 0.9/0.999), weighted CE, `unet_sampling`; writes run_dir/unet/ (notebook 05)."""
     c = run.config
     torch.manual_seed(c.seed)
-    model = UNet(c.unet_width)
+    model = unet_model(c)
     optimizer = unet_optimizer(model, c)
-    hparams = {"width": c.unet_width, "lr": c.unet_lr, "slice_size": c.slice_size}
+    hparams = {"width": c.unet_width, "norm": c.unet_norm, "lr": c.unet_lr, "slice_size": c.slice_size}
     return fit(model, optimizer, *_datasets(run), kind="unet", out_dir=run.dir / "unet", epochs=c.unet_epochs,
                batch=c.unet_batch, pos_weight=c.unet_pos_weight, seed=c.seed, device=run.device, workers=c.workers,
                engine=c.augment_engine, sampling=c.unet_sampling, schedule=c.unet_schedule, select=c.unet_select,
                thresholds=c.unet_threshold_grid, hparams=hparams, resume=resume)
 
 
-def unet_threshold(run_dir: str | os.PathLike[str]) -> float:
-    """The U-Net's operating threshold: the one its kept epoch scored best with on validation (0.5 if none)."""
-    path = Path(run_dir) / "unet" / "best.pt"
+def unet_threshold(path: str | os.PathLike[str]) -> float:
+    """A U-Net checkpoint's operating threshold: the one its epoch scored best with on validation (0.5 if none)."""
+    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint {path}: train first (notebook 05)")
     metrics = torch.load(path, map_location="cpu", weights_only=False)["metrics"]
@@ -450,7 +477,7 @@ def load_classifier(run: Run, checkpoint: str = "best") -> VGG16CAM:
 
 def load_unet(run: Run, checkpoint: str = "best") -> UNet:
     """The trained U-Net from run_dir/unet/<checkpoint>.pt, in eval mode on the run's device."""
-    return _load(UNet(run.config.unet_width), run.dir / "unet" / f"{checkpoint}.pt", run.device)
+    return _load(unet_model(run.config), run.dir / "unet" / f"{checkpoint}.pt", run.device)
 
 
 def _load(model: torch.nn.Module, path: Path, device: torch.device) -> torch.nn.Module:
