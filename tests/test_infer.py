@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -49,13 +50,17 @@ def _suv_classifier(config, store: slices.SliceStore) -> torch.nn.Module:
     return model
 
 
+UNET_P = 0.6
+"""The U-Net checkpoint's operating threshold (notebook 05 tunes it on validation)."""
+
+
 def _unet(config, store: slices.SliceStore) -> UNet:
-    """An untrained U-Net (seed 1) whose output bias makes its top 2 % of pixels p >= 0.5."""
+    """An untrained U-Net (seed 1) whose output bias makes its top 2 % of pixels p >= UNET_P."""
     torch.manual_seed(1)
-    model = UNet(config.unet_width).eval()
+    model = train.unet_model(config).eval()
     with torch.no_grad():
         logits = train.predict_logits(model, store, np.arange(len(store.index)), 64, torch.device("cpu"))
-        model.out.bias.sub_(float(torch.quantile(logits[::4].flatten().float(), 0.98)))
+        model.out.bias.sub_(float(torch.quantile(logits[::4].flatten().float(), 0.98)) - math.log(UNET_P / (1 - UNET_P)))
     return model
 
 
@@ -78,7 +83,8 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> dict:
     model = _suv_classifier(config, store)
     (run_dir / "classifier").mkdir()
     torch.save({"model": model.state_dict()}, run_dir / "classifier" / "best.pt")
-    torch.save({"model": _unet(config, store).state_dict()}, run.path("unet", "best.pt"))
+    torch.save({"model": _unet(config, store).state_dict(), "metrics": {"val_threshold": UNET_P}},
+               run.path("unet", "best.pt"))  # the operating threshold notebook 05 tuned on validation
     # notebook 02: predictions; 03: maps of the gated slices; 04: gate and (t, q) tuned, masks
     train.write_classifier_predictions(run, train.load_classifier(run))
     predictions = pd.read_csv(run_dir / "classifier" / "predictions.csv", dtype={"study_id": str})
@@ -95,7 +101,8 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> dict:
     keep = (data.rows["prob"] >= gate).to_numpy()
     masks = {m: segment.segment_studies(data.at_gate(gate), cams[m][keep], **tuned[m].params)[row["study_id"]]
              for m in methods}
-    train.predict_unet_masks(train.load_unet(run), store, run_dir, ("val",), config.cam_batch, "cpu")
+    train.predict_unet_masks(train.load_unet(run), store, run_dir, ("val",), config.cam_batch, "cpu",
+                             train.unet_threshold(run_dir / "unet" / "best.pt"))
     masks["unet"] = segment.load_study_masks(run_dir, "unet")[row["study_id"]]
     files = infer.study_files(row["ct_path"], row["pet_path"], weight_kg=row["weight_kg"],
                               activity_mbq=row["injected_activity_mbq"], delay_s=row["injection_to_scan_s"])
@@ -127,7 +134,9 @@ def test_mask_on_ct_grid_equals_the_chain(chain: dict, segmented: Callable[[str]
     study = chain["store"].study(chain["row"]["study_id"])
     grid = chain["store"].volume_grid(chain["row"]["study_id"])
     back = volume.resample(mask, affine, grid["shape"], grid["affine"], order=0).astype(bool)
-    chain_mask, truth = chain["masks"][method], np.asarray(study.mask, dtype=bool)
+    # the store pads the CT in-plane; a mask voxel in that padding has no place on the CT's own grid
+    fov = volume.resample(np.ones(ct.shape[::-1], bool), affine, grid["shape"], grid["affine"], order=0).astype(bool)
+    chain_mask, truth = chain["masks"][method] & fov, np.asarray(study.mask, dtype=bool)
     assert chain_mask.sum() > 100  # the comparison is about a real mask, not two empty ones
     np.testing.assert_array_equal(back, chain_mask)
     assert metrics.dice(back, truth) == pytest.approx(metrics.dice(chain_mask, truth), abs=1e-6)

@@ -465,7 +465,7 @@ def unet_threshold(path: str | os.PathLike[str]) -> float:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint {path}: train first (notebook 05)")
-    metrics = torch.load(path, map_location="cpu", weights_only=False)["metrics"]
+    metrics = torch.load(path, map_location="cpu", weights_only=False).get("metrics", {})
     return float(metrics.get("val_threshold", 0.5))
 
 
