@@ -18,13 +18,14 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 MOVES = 10
 """Slider moves whose redraw latency is recorded (the issue's target: median ≤ 0.5 s)."""
-NOTEBOOK_S = 600
+NOTEBOOK_S = 300
 """How long the notebook may take to run in the browser (13 s in the chain; a loaded 2-core machine is slower)."""
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: `make browser` installs Debian's chromium")
@@ -48,6 +49,9 @@ def _quiet_settings(settings_dir: Path) -> None:
 def lab(notebook_on_run_dir: Callable[[str], Path], tmp_path: Path) -> Iterator[str]:
     """URL of notebook 04 (pointed at the chain's run directory) in a headless JupyterLab on a loopback port."""
     notebook = notebook_on_run_dir("04_thresholds.ipynb")
+    served = tmp_path / "lab"
+    served.mkdir()
+    notebook = notebook.replace(served / notebook.name)
     port, token = _free_port(), secrets.token_hex(16)
     env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
            "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp_path / "config")}
@@ -56,7 +60,7 @@ def lab(notebook_on_run_dir: Callable[[str], Path], tmp_path: Path) -> Iterator[
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={notebook.parent}",
-         f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}"],
+         f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}", "--allow-root"],
         env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -76,39 +80,19 @@ def lab(notebook_on_run_dir: Callable[[str], Path], tmp_path: Path) -> Iterator[
         log.close()
 
 
-def test_t_slider_redraws_the_frame_and_the_dice(lab: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from playwright.sync_api import sync_playwright
+def test_t_slider_redraws_the_frame_and_the_dice(lab: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from playwright.sync_api import Error, sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        page.goto(lab)
-        page.locator(".jp-Notebook").wait_for(timeout=120_000)
-        page.locator(".lm-MenuBar-itemLabel", has_text=re.compile("^Run$")).click()
-        page.locator(".lm-Menu-itemLabel", has_text=re.compile("^Run All Cells$")).click()
-
-        panel = page.locator(".jp-OutputArea-output .widget-vbox").last
-        panel.wait_for(timeout=NOTEBOOK_S * 1000)
-        image = panel.locator("img.widget-image")
-        numbers = panel.locator(".widget-html-content")
-        handle = panel.locator(".widget-hslider", has=page.locator(".widget-label", has_text="t (CAM)")) \
-                      .locator(".noUi-handle")
-        image.wait_for()
-        handle.scroll_into_view_if_needed()
-
-        latencies, texts = [], [numbers.inner_text()]
-        for move in range(MOVES):
-            before = image.get_attribute("src")
-            start = time.perf_counter()
-            handle.press("ArrowRight" if move < MOVES // 2 else "ArrowLeft")
-            page.wait_for_function("([img, old]) => img.src !== old", arg=[image.element_handle(), before],
-                                   timeout=30_000)
-            latencies.append(time.perf_counter() - start)
-            page.wait_for_function("([el, old]) => el.innerText !== old", arg=[numbers.element_handle(), texts[-1]],
-                                   timeout=30_000)
-            texts.append(numbers.inner_text())
-        errors = panel.locator(".widget-output").inner_text()
-        browser.close()
+        try:
+            latencies, texts, errors = _drive(page, lab)
+        except Error as err:  # a timeout or a missing element: keep what the browser showed
+            page.screenshot(path=tmp_path / "browser.png", full_page=True)
+            raise AssertionError(f"{err.message.splitlines()[0]}; screenshot {tmp_path / 'browser.png'}") from None
+        finally:
+            browser.close()
 
     t_shown = [float(re.search(r"· t ([0-9.]+) ·", text).group(1)) for text in texts]
     assert all(b > a for a, b in zip(t_shown[:MOVES // 2], t_shown[1:MOVES // 2 + 1])), texts  # right: t rises
@@ -121,3 +105,42 @@ def test_t_slider_redraws_the_frame_and_the_dice(lab: str, capsys: pytest.Captur
     with capsys.disabled():
         print(f"\nexplorer in Chromium: slider -> new frame median {statistics.median(latencies):.3f} s, "
               f"max {max(latencies):.3f} s over {MOVES} moves")
+
+
+def _drive(page: Any, url: str) -> tuple[list[float], list[str], str]:
+    """Run notebook 04 in JupyterLab, move the t slider; (latencies s, the panel's number line per frame, errors)."""
+    from playwright.sync_api import TimeoutError
+
+    page.goto(url)
+    page.locator(".jp-Notebook").wait_for(timeout=120_000)
+    dialog = page.locator(".jp-Dialog")  # a fresh JupyterLab profile may ask for the kernel: take its default
+    try:
+        dialog.wait_for(timeout=15_000)
+        dialog.locator(".jp-mod-accept").click()
+    except TimeoutError:
+        pass
+    page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(timeout=120_000)
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile("^Run$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile("^Run All Cells$")).click()
+
+    panel = page.locator(".jp-OutputArea-output .widget-vbox").last
+    panel.wait_for(timeout=NOTEBOOK_S * 1000)
+    image = panel.locator("img.widget-image")
+    numbers = panel.locator(".widget-html-content")
+    handle = panel.locator(".widget-hslider", has=page.locator(".widget-label", has_text="t (CAM)")) \
+                  .locator(".noUi-handle")
+    image.wait_for()
+    handle.scroll_into_view_if_needed()
+
+    latencies, texts = [], [numbers.inner_text()]
+    for move in range(MOVES):
+        before = image.get_attribute("src")
+        start = time.perf_counter()
+        handle.press("ArrowRight" if move < MOVES // 2 else "ArrowLeft")
+        page.wait_for_function("([img, old]) => img.src !== old", arg=[image.element_handle(), before],
+                               timeout=30_000)
+        latencies.append(time.perf_counter() - start)
+        page.wait_for_function("([el, old]) => el.innerText !== old", arg=[numbers.element_handle(), texts[-1]],
+                               timeout=30_000)
+        texts.append(numbers.inner_text())
+    return latencies, texts, panel.locator(".widget-output").inner_text()
