@@ -84,8 +84,11 @@ def test_clean_notebook_strips_execution_noise() -> None:
     params = nbformat.v4.new_code_cell("a = 1", metadata={"tags": ["parameters"]})
     injected = nbformat.v4.new_code_cell("a = 2", metadata={"tags": ["injected-parameters"]})
     body = nbformat.v4.new_code_cell("a", metadata={"papermill": {}, "execution": {}, "tags": []})
+    body.outputs = [nbformat.v4.new_output("stream", name="stderr", text="cams: 100%|####| 5/5 [01:20<00:00]\n"),
+                    nbformat.v4.new_output("stream", name="stdout", text="step 1\nfit:  40%|##  | 2/5\n")]
     nb.cells = [params, injected, body]
     cleaned = clean_notebook(nb)
+    assert [out.text for out in cleaned.cells[1].outputs] == ["step 1\n"]  # bars dropped, the printed line kept
     assert [c.source for c in cleaned.cells] == ["a = 1", "a"]
     assert "papermill" not in cleaned.metadata and "widgets" not in cleaned.metadata
     assert cleaned.cells[1].metadata == {}

@@ -5,6 +5,7 @@ import ast
 import copy
 import dataclasses
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -79,8 +80,12 @@ def _literal(value: Any) -> Any:
         return value
 
 
+PROGRESS_LINE = re.compile(r"\b\d{1,3}%\|")
+"""A tqdm bar's "k%|" (plain-text bars in papermill's stream outputs)."""
+
+
 def clean_notebook(nb: Any) -> Any:
-    """A copy without execution noise: papermill/timing metadata, widget state, the injected-parameters cell."""
+    """A copy without execution noise: papermill/timing metadata, widget state, progress bars, the injected-parameters cell."""
     nb = copy.deepcopy(nb)
     for key in JUNK_NOTEBOOK_METADATA:
         nb.metadata.pop(key, None)
@@ -91,6 +96,10 @@ def clean_notebook(nb: Any) -> Any:
         if cell.metadata.get("tags") == []:
             cell.metadata.pop("tags")
         if cell.cell_type == "code":
+            for out in cell.get("outputs", []):
+                if out.output_type == "stream":  # a progress bar is the run's clock, not its result
+                    out.text = "".join(line for line in out.text.splitlines(keepends=True)
+                                       if not PROGRESS_LINE.search(line))
             cell.outputs = [out for out in cell.get("outputs", [])
                             if out.output_type != "stream" or out.text.strip()]  # a closed progress bar's blank line
             for out in cell.outputs:
