@@ -160,16 +160,13 @@ class Prepared:
 
 def prepare(ct: np.ndarray, ct_affine: np.ndarray, suv: np.ndarray, pet_affine: np.ndarray,
             spacing_mm: tuple[float, float, float], slice_size: int) -> Prepared:
-    """Resample, centre and crop/pad as slices.preprocess_study does, with the store's dtypes (CT int16 HU)."""
-    grid_shape, grid_affine = volume.target_grid(ct.shape, ct_affine, tuple(spacing_mm))
-    ct_grid = volume.resample(ct, ct_affine, grid_shape, grid_affine, order=1, cval=volume.AIR_HU)
-    center = volume.body_center(ct_grid)
-    ct_store, affine = volume.crop_pad(ct_grid, grid_affine, slice_size, center, volume.AIR_HU)
-    suv_store = volume.crop_pad(volume.resample(suv, pet_affine, grid_shape, grid_affine, order=1), grid_affine,
-                                slice_size, center, 0)[0]
+    """The slices of the store grid as slices.preprocess_study makes them (`slices.store_grid`), stacked [SUV, HU]."""
+    from .slices import store_grid
+
+    ct_store, affine, put = store_grid(ct, ct_affine, spacing_mm, slice_size)
     x = np.empty((len(ct_store), 2, slice_size, slice_size), dtype=np.float32)
-    x[:, 0] = suv_store
-    x[:, 1] = np.clip(np.rint(ct_store), -32768, 32767).astype(np.int16)
+    x[:, 0] = put(suv, pet_affine, 1)
+    x[:, 1] = ct_store
     return Prepared(x, affine)
 
 

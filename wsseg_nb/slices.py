@@ -12,7 +12,7 @@ from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -64,6 +64,25 @@ def _stored_meta(folder: Path) -> dict[str, Any] | None:
         return None
 
 
+def store_grid(ct: np.ndarray, ct_aff: np.ndarray, spacing_mm: Sequence[float], slice_size: int,
+               at_ct: str | None = None) -> tuple[np.ndarray, np.ndarray, Callable[[np.ndarray, np.ndarray, int], np.ndarray]]:
+    """The CT on the store grid (resampled, body-centred, cropped/padded; int16 HU), its affine, and a function
+    putting another volume (array, affine, interpolation order) on the same grid. With `at_ct`, an all-air CT is
+    refused (measured before padding)."""
+    grid_shape, grid_aff = volume.target_grid(ct.shape, ct_aff, tuple(spacing_mm))
+    ct_grid = volume.resample(ct, ct_aff, grid_shape, grid_aff, order=1, cval=volume.AIR_HU)
+    if at_ct is not None:
+        volume.require_body(ct_grid > volume.BODY_HU, at_ct)
+    center = volume.body_center(ct_grid)
+    ct_store, affine = volume.crop_pad(ct_grid, grid_aff, slice_size, center, volume.AIR_HU)
+
+    def put(array: np.ndarray, array_aff: np.ndarray, order: int) -> np.ndarray:
+        return volume.crop_pad(volume.resample(array, array_aff, grid_shape, grid_aff, order=order), grid_aff,
+                               slice_size, center, 0)[0]
+
+    return np.clip(np.rint(ct_store), -32768, 32767).astype(np.int16), affine, put
+
+
 def preprocess_study(row: Mapping[str, Any], out_dir: str | os.PathLike[str], spacing_mm: Sequence[float],
                      slice_size: int) -> dict[str, Any]:
     """One manifest row -> input checks -> <out_dir>/<study_id>/{suv,ct,mask}.npy + meta.json (notebook 01)."""
@@ -80,17 +99,11 @@ def preprocess_study(row: Mapping[str, Any], out_dir: str | os.PathLike[str], sp
                  row.get("injection_to_scan_s"), sid)
     pet_shape = pet.shape
     del pet
-    grid_shape, grid_aff = volume.target_grid(ct.shape, ct_aff, tuple(spacing_mm))
-    ct_grid = volume.resample(ct, ct_aff, grid_shape, grid_aff, order=1, cval=volume.AIR_HU)
-    volume.require_body(ct_grid > volume.BODY_HU, at["ct_path"])
-    center = volume.body_center(ct_grid)
-    ct_store, affine = volume.crop_pad(ct_grid, grid_aff, slice_size, center, volume.AIR_HU)
-    suv_store = volume.crop_pad(volume.resample(suv, pet_aff, grid_shape, grid_aff, order=1), grid_aff,
-                                slice_size, center, 0)[0]
-    mask_store = volume.crop_pad(volume.resample(seg.astype(np.uint8), seg_aff, grid_shape, grid_aff, order=0),
-                                 grid_aff, slice_size, center, 0)[0]
+    ct_store, affine, put = store_grid(ct, ct_aff, spacing_mm, slice_size, at["ct_path"])
+    suv_store = put(suv, pet_aff, 1)
+    mask_store = put(seg.astype(np.uint8), seg_aff, 0)
     arrays = {"suv": suv_store.astype(np.float32, copy=False),
-              "ct": np.clip(np.rint(ct_store), -32768, 32767).astype(np.int16),
+              "ct": ct_store,
               "mask": mask_store.astype(np.uint8, copy=False)}
     checks = _store_checks(arrays, affine, pet_shape, pet_aff, row["pet_units"], at)
     meta = {
