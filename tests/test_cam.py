@@ -306,3 +306,35 @@ def test_lesion_peaks_hand_case() -> None:
     out = cam.lesion_peaks(masks, {"m": maps})
     assert out["row"].tolist() == [0, 0, 1] and out["voxels"].tolist() == [4, 6, 4]
     np.testing.assert_allclose(out["m"], [0.9, 0.4, 0.3], atol=1e-3)
+
+
+class TinyAuthorsNet(TinyCAMNet):
+    """TinyCAMNet with the authors' kind of head: an adaptive 3x3 average pool and a two-layer MLP (no GAP + FC)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(3)
+        self.fc = nn.Sequential(nn.Linear(6 * 9, 5), nn.ReLU(), nn.Linear(5, 1))
+
+
+def test_gradcam_under_a_nonlinear_head_matches_autograd_and_differs_from_cam(x: torch.Tensor) -> None:
+    torch.manual_seed(3)
+    net = TinyAuthorsNet().eval()
+    a = last_acts(net, x).requires_grad_(True)
+    logits = net.fc(net.pool(a).flatten(1))[:, 0]
+    (g,) = torch.autograd.grad(logits.sum(), a)
+    expected = normalize_maps((g.mean((2, 3))[:, :, None, None] * a).sum(1).relu())
+    torch.testing.assert_close(compute_cams(net, x, "gradcam"), expected.detach(), atol=ATOL, rtol=0)
+    assert not g.flatten(2).std(-1).eq(0).all()  # the gradient varies over the map: GradCAM is not ReLU(CAM)
+    assert not cam.has_gap_fc(net) and cam.has_gap_fc(TinyCAMNet())
+    with pytest.raises(ValueError, match="needs GAP \\+ one FC"):
+        compute_cams(net, x, "cam")
+
+
+def test_config_refuses_cam_with_the_authors_head() -> None:
+    from wsseg_nb.config import get_config
+    from wsseg_nb.errors import InputError
+
+    with pytest.raises(InputError, match="cam_methods.*needs cls_head 'gap_fc'"):
+        get_config("demo", cls_head="authors")
+    assert get_config("demo", cls_head="authors", cam_methods="gradcam,scorecam").cam_methods == ("gradcam", "scorecam")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+import torch.nn.functional as F
 from torchvision.models import VGG16_Weights
 
 from wsseg_nb import models
@@ -144,3 +145,29 @@ def test_lsuv_gives_every_conv_unit_output_variance_and_unit_logit_spread() -> N
                 assert float(layer(h).std()) == pytest.approx(1.0, rel=1e-4)
             h = layer(h)
         assert float(model(x).std()) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_authors_head_is_torchvisions_pool_and_fc_stack() -> None:
+    model = VGG16CAM(width=1 / 8, head="authors").eval()
+    assert model.pool.output_size == models.AUTHORS_POOL == 7
+    linears = [m for m in model.fc if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(64 * 49, 512), (512, 512), (512, 1)]
+    assert sum(isinstance(m, torch.nn.Dropout) for m in model.fc) == 2
+    x = torch.rand(3, 2, 64, 64) * 4
+    feats = model.features(model.scale(x))
+    by_hand = linears[2](linears[1](linears[0](F.adaptive_avg_pool2d(feats, 7).flatten(1)).relu()).relu())[:, 0]
+    torch.testing.assert_close(model(x), by_hand)  # eval mode: dropout is the identity
+    with pytest.raises(ValueError, match="head must be one of"):
+        VGG16CAM(width=1 / 8, head="gap")
+    with pytest.raises(ValueError, match="LSUV"):
+        lsuv_(model, x)
+
+
+def test_authors_head_keeps_the_imagenet_fc_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = torchvision.models.vgg16(weights=None).state_dict()
+    monkeypatch.setattr(models, "_load_imagenet_state", lambda required, norm="none": reference)
+    model = VGG16CAM(pretrained="true", head="authors")
+    assert model.pretrained
+    assert torch.equal(model.fc[0].weight, reference["classifier.0.weight"])  # 25088 = 512 x 7 x 7 inputs
+    assert torch.equal(model.fc[3].bias, reference["classifier.3.bias"])
+    assert model.fc[6].out_features == 1  # only the last layer is new

@@ -175,8 +175,24 @@ def _scorecam(model: nn.Module, x: Tensor, layer: nn.Module, topk: int, batch_si
     return _combine(weights, a)
 
 
+def has_gap_fc(model: nn.Module) -> bool:
+    """Whether the classifier's head is GAP + one linear layer, the only head where classic CAM (Eq. 1) is defined."""
+    pool, fc = getattr(model, "pool", None), getattr(model, "fc", None)
+    return (isinstance(pool, nn.AdaptiveAvgPool2d) and pool.output_size in (1, (1, 1))
+            and isinstance(fc, nn.Linear) and fc.out_features == 1)
+
+
+def _require_gap_fc(model: nn.Module) -> None:
+    """ValueError unless classic CAM applies to the model (cls_head 'gap_fc')."""
+    if not has_gap_fc(model):
+        raise ValueError(f"CAM (Eq. 1) needs GAP + one FC (cls_head 'gap_fc'); this classifier's head is "
+                         f"{getattr(model, 'head', type(getattr(model, 'fc', None)).__name__)!r}: use "
+                         f"{[m for m in METHODS if m != 'cam']}")
+
+
 def classic_cam(model: nn.Module, x: Tensor) -> Tensor:
     """Eq. 1 as written, unnormalised and without ReLU: M = sum_k v_k A_k of raw slices x (B,2,S,S) -> (B,h,w)."""
+    _require_gap_fc(model)
     acts = model.features(scaled_input(model, x)).float()
     return torch.einsum("k,bkhw->bhw", model.fc.weight[0].float(), acts)
 
@@ -186,7 +202,8 @@ def compute_cams(model: nn.Module, x: Tensor, method: str, *,
                  batch_size: int = 64) -> Tensor:
     """Maps (B,h,w) in [0,1] of raw inputs x (B,2,S,S) for the tumor logit, per-slice min-max normalised (notebook 03).
 
-    method: "cam" (Eq. 1, as written: no ReLU), "gradcam" (Eqs. 2-3; with GAP + FC exactly CAM with a ReLU),
+    method: "cam" (Eq. 1, as written: no ReLU; GAP + FC heads only), "gradcam" (Eqs. 2-3; with GAP + FC exactly
+    CAM with a ReLU),
     "gradcampp" (Eqs. 4-5), "scorecam" (Eq. 6; bf16 autocast on CUDA), "layercam", "layercam_fused" (LayerCAM at
     `block_ends(model)[-3:]`, tanh-scaled, upsampled to the finest of them, element-wise max; finer maps).
     target_layer: default `model.features` (A of the last conv); a list of layers for "layercam_fused".
@@ -197,6 +214,8 @@ def compute_cams(model: nn.Module, x: Tensor, method: str, *,
         raise ValueError(f"unknown CAM method {method!r}; choose one of {METHODS}")
     if method == "cam" and target_layer not in (None, model.features):
         raise ValueError("CAM (Eq. 1) is defined only at the last conv layer, whose GAP feeds the FC layer")
+    if method == "cam":
+        _require_gap_fc(model)
     if x.dim() != 4 or len(x) == 0:
         raise ValueError(f"x must be a non-empty batch (B, 2, S, S) of raw [SUV, HU] slices, got {tuple(x.shape)}")
     if batch_size < 1 or topk < 0:

@@ -39,6 +39,8 @@ class Config:
     vgg_init: str = _p("he", "torchvision's VGG init (He, fan_out) where no ImageNet weights are loaded; 'lsuv' "
                              "then rescales each layer on a batch of training slices (models.lsuv_)")
     vgg_stride: int = _p(8, "Sec. 2.2.1: first and last max-pool removed, a 32x32 map from 256x256 (16 mm cells)")
+    cls_head: str = _p("gap_fc", "Sec. 2.2.1: GAP + one FC, where classic CAM applies; 'authors': the authors' code, "
+                                 "torchvision's adaptive 7x7 pool and FC stack (CAM undefined there; notebook 03)")
     cls_epochs: int = _p(50, "Sec. 2.3.3: 50 epochs")
     cls_batch: int = _p(64, "Sec. 2.3.3: batch size 64")
     cls_optimizer: str = _p("sgd", "Sec. 2.3.3: SGD with momentum ('adam' in the demo: from scratch, few epochs)")
@@ -196,6 +198,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "cls_schedule": ("constant", "cosine"),
     "unet_schedule": ("constant", "cosine"),
     "vgg_norm": ("none", "batch"),
+    "cls_head": ("gap_fc", "authors"),
     "vgg_init": ("he", "lsuv"),
     "cls_select": ("val_auc", "val_pointing_visible", "val_auc*val_pointing_visible"),
     "unet_select": ("val_dice", "val_study_dice"),
@@ -263,6 +266,11 @@ def check(c: Config) -> Config:
         raise bad("device", f"expected one of {list(DEVICES)}")
     if c.vgg_stride not in (8, 4):
         raise bad("vgg_stride", "expected 8 or 4")
+    if c.cls_head != "gap_fc" and "cam" in c.cam_methods:
+        raise bad("cam_methods", f"CAM (Eq. 1) needs cls_head 'gap_fc' (GAP + one FC); with cls_head "
+                                 f"{c.cls_head!r} choose among {[m for m in METHODS if m != 'cam']}")
+    if c.cls_head != "gap_fc" and c.vgg_init == "lsuv":
+        raise bad("vgg_init", f"LSUV rescales the single FC of cls_head 'gap_fc', not {c.cls_head!r}")
     for key in ("t_grid", "gate_grid"):
         if not getattr(c, key) or not all(0.0 <= v <= 1.0 for v in getattr(c, key)):
             raise bad(key, "expected values in [0, 1]")

@@ -72,13 +72,18 @@ def pointing(hits: np.ndarray, suvmax: np.ndarray, visible_suv: float = VISIBLE_
             "pointing_visible": float(hits[visible].mean()) if visible.any() else float("nan")}
 
 
-@torch.no_grad()
 def cam_maps(model: nn.Module, x: torch.Tensor, batch: int = 128) -> np.ndarray:
-    """Classic CAM (Eq. 1, unnormalised) of raw slices x (n, 2, S, S), on the model's device, as float32 numpy."""
-    from .cam import classic_cam
+    """Classic CAM (Eq. 1, unnormalised) of raw slices x (n, 2, S, S) as float32 numpy, on the model's device.
+
+    For a head without GAP + FC (cls_head 'authors'), where CAM is undefined, GradCAM (min-max normalised) instead.
+    """
+    from .cam import classic_cam, compute_cams, has_gap_fc
 
     device = next(model.parameters()).device
-    return torch.cat([classic_cam(model, xb.to(device)).cpu() for xb in x.split(batch)]).numpy()
+    if not has_gap_fc(model):
+        return compute_cams(model, x, "gradcam", batch_size=batch).numpy()
+    with torch.no_grad():
+        return torch.cat([classic_cam(model, xb.to(device)).cpu() for xb in x.split(batch)]).numpy()
 
 
 def pointing_probe(store, split: str = "val", batch: int = 128) -> Callable[[nn.Module], dict[str, float]]:

@@ -1,4 +1,5 @@
-"""The slice classifier (VGG16 with GAP + one FC, so that classic CAM applies) and the supervised U-Net baseline."""
+"""The slice classifier (VGG16 with GAP + one FC, so that classic CAM applies; or the authors' 7x7 pool + FC stack)
+and the supervised U-Net baseline."""
 from __future__ import annotations
 
 import warnings
@@ -90,6 +91,10 @@ def _load_imagenet_state(required: bool, norm: str = "none") -> dict[str, torch.
 
 NORMS = ("none", "batch")
 STRIDES = (8, 4)
+HEADS = ("gap_fc", "authors")
+"""Classifier heads: GAP + one FC (the paper's text, Sec. 2.2.1) or torchvision's VGG16 head (the authors' code)."""
+AUTHORS_POOL = 7
+"""torchvision's VGG16 pools the last feature map to 7x7 before its FC stack (25088 -> 4096 -> 4096 -> classes)."""
 
 
 def _vgg_layers(width: float, in_channels: int, norm: str = "none", stride: int = 8) -> list[nn.Module]:
@@ -119,26 +124,43 @@ def _vgg_layers(width: float, in_channels: int, norm: str = "none", stride: int 
 
 
 class VGG16CAM(nn.Module):
-    """VGG16 without the first and last max-pool (S -> S/8 map; S/4 with stride 4), GAP and one FC to a tumor logit (notebook 02).
+    """VGG16 without the first and last max-pool (S -> S/8 map; S/4 with stride 4) and a head to a tumor logit (nb 02).
 
-    norm='batch' is torchvision's vgg16_bn layout (BatchNorm after every conv), the VGG16 variant with ImageNet weights.
+    head='gap_fc' (the paper's text): GAP and one FC, where classic CAM applies. head='authors' (their code):
+    torchvision's adaptive 7x7 average pool and FC stack (Linear-ReLU-Dropout twice, then Linear to one logit),
+    4096 hidden units scaled by the width; classic CAM is undefined there. norm='batch' is torchvision's vgg16_bn
+    layout (BatchNorm after every conv), the VGG16 variant with ImageNet weights.
     """
 
-    def __init__(self, width: float = 1.0, pretrained: str = "none", norm: str = "none", stride: int = 8) -> None:
+    def __init__(self, width: float = 1.0, pretrained: str = "none", norm: str = "none", stride: int = 8,
+                 head: str = "gap_fc") -> None:
         super().__init__()
         if pretrained not in ("none", "auto", "true"):
             raise ValueError(f"pretrained must be 'none', 'auto' or 'true', got {pretrained!r}")
         if pretrained == "true" and width != 1.0:
             raise ValueError(f"pretrained='true' needs vgg_width 1.0 (ImageNet weights are full width), got {width}")
+        if head not in HEADS:
+            raise ValueError(f"VGG16 head must be one of {HEADS}, got {head!r}")
         self.scale = InputScale()
         self.features = nn.Sequential(*_vgg_layers(width, 2, norm, stride))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(_width(512, width), 1)
+        self.head = head
+        channels = _width(512, width)
+        if head == "gap_fc":
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(channels, 1)
+        else:
+            hidden = _width(4096, width)
+            self.pool = nn.AdaptiveAvgPool2d(AUTHORS_POOL)
+            self.fc = nn.Sequential(nn.Linear(channels * AUTHORS_POOL ** 2, hidden), nn.ReLU(True), nn.Dropout(0.5),
+                                    nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(0.5), nn.Linear(hidden, 1))
         self.pretrained = False
         if pretrained != "none" and width == 1.0:
             state = _load_imagenet_state(required=pretrained == "true", norm=norm)
             if state is not None:
                 self.features.load_state_dict(imagenet_features_state(state, norm, stride))
+                if head == "authors":  # their code keeps the ImageNet FC layers and replaces only the last one
+                    for i in (0, 3):
+                        self.fc[i].load_state_dict({k: state[f"classifier.{i}.{k}"] for k in ("weight", "bias")})
                 self.pretrained = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,6 +173,8 @@ def lsuv_(model: VGG16CAM, x: torch.Tensor) -> VGG16CAM:
     """Data-dependent init (LSUV, Mishkin & Matas 2016): each conv's weights rescaled in place so that its output
     has unit variance on the batch x (raw [SUV, HU] slices), then the FC so that the logits' standard deviation
     over the batch is 1. With torchvision's init the plain stack's logits barely vary (std ~1e-3) at the start."""
+    if model.head != "gap_fc":
+        raise ValueError(f"LSUV init rescales the single FC of head 'gap_fc'; this classifier's head is {model.head!r}")
     h = model.scale(x)
     for layer in model.features:
         if isinstance(layer, nn.Conv2d):

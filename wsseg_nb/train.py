@@ -404,8 +404,8 @@ def unet_optimizer(model: torch.nn.Module, c: Config) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=c.unet_lr, betas=(0.9, 0.999))
 
 
-def train_classifier(run: Run, resume: bool = True) -> pd.DataFrame:
-    """VGG16-CAM with SGD (lr, momentum from the config; Adam in the demo), weighted CE; writes run_dir/classifier/ (notebook 02)."""
+def train_classifier(run: Run, resume: bool = True, folder: str = "classifier") -> pd.DataFrame:
+    """VGG16-CAM with SGD (lr, momentum from the config; Adam in the demo), weighted CE; writes run_dir/<folder>/ (nb 02)."""
     c = run.config
     torch.manual_seed(c.seed)
     model = classifier_model(c)
@@ -414,9 +414,9 @@ def train_classifier(run: Run, resume: bool = True) -> pd.DataFrame:
         lsuv_(model, init_batch(train_set, c.seed))
     optimizer = classifier_optimizer(model, c)
     hparams = {"width": c.vgg_width, "pretrained": c.pretrained, "norm": c.vgg_norm, "stride": c.vgg_stride,
-               "init": c.vgg_init,
+               "init": c.vgg_init, **({"head": c.cls_head} if c.cls_head != "gap_fc" else {}),
                "optimizer": c.cls_optimizer, "lr": c.cls_lr, "momentum": c.cls_momentum, "slice_size": c.slice_size}
-    return fit(model, optimizer, train_set, val_set, kind="classifier", out_dir=run.dir / "classifier",
+    return fit(model, optimizer, train_set, val_set, kind="classifier", out_dir=run.dir / folder,
                epochs=c.cls_epochs, batch=c.cls_batch, pos_weight=c.cls_pos_weight, seed=c.seed,
                device=run.device, workers=c.workers, engine=c.augment_engine, sampling=c.cls_sampling,
                pool_fraction=c.cls_near_negatives, probe=pointing_probe(val_set.store, "val"),
@@ -438,8 +438,9 @@ def init_batch(dataset: Dataset, seed: int, n: int = LSUV_SLICES) -> torch.Tenso
 
 
 def classifier_model(c: Config, pretrained: str | None = None) -> VGG16CAM:
-    """The config's VGG16-CAM (width, norm, stride; ImageNet weights as `c.pretrained` unless overridden)."""
-    return VGG16CAM(c.vgg_width, c.pretrained if pretrained is None else pretrained, c.vgg_norm, c.vgg_stride)
+    """The config's VGG16-CAM (width, norm, stride, head; ImageNet weights as `c.pretrained` unless overridden)."""
+    return VGG16CAM(c.vgg_width, c.pretrained if pretrained is None else pretrained, c.vgg_norm, c.vgg_stride,
+                    c.cls_head)
 
 
 def unet_model(c: Config) -> UNet:
@@ -469,10 +470,10 @@ def unet_threshold(path: str | os.PathLike[str]) -> float:
     return float(metrics.get("val_threshold", 0.5))
 
 
-def load_classifier(run: Run, checkpoint: str = "best") -> VGG16CAM:
-    """The trained classifier from run_dir/classifier/<checkpoint>.pt, in eval mode on the run's device."""
+def load_classifier(run: Run, checkpoint: str = "best", folder: str = "classifier") -> VGG16CAM:
+    """The trained classifier from run_dir/<folder>/<checkpoint>.pt, in eval mode on the run's device."""
     model = classifier_model(run.config, "none")
-    return _load(model, run.dir / "classifier" / f"{checkpoint}.pt", run.device)
+    return _load(model, run.dir / folder / f"{checkpoint}.pt", run.device)
 
 
 def load_unet(run: Run, checkpoint: str = "best") -> UNet:
