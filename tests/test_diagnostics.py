@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from wsseg_nb import diagnostics, phantom, segment, train
 
@@ -96,3 +97,28 @@ def test_write_merges_records_atomically(tmp_path):
     record = diagnostics.write(tmp_path, val_auc=0.75, gate_threshold=0.9)
     assert record == {"val_auc": 0.75, "slices_called": 3.0, "gate_threshold": 0.9}
     assert sorted(p.name for p in (tmp_path / "classifier").iterdir()) == ["diagnostics.json"]
+
+
+def test_map_correlation_hand_cases() -> None:
+    a = np.array([[[0.0, 1.0], [2.0, 3.0]], [[1.0, 1.0], [1.0, 1.0]]])
+    b = np.array([[[3.0, 5.0], [7.0, 9.0]], [[0.0, 1.0], [0.0, 1.0]]])
+    r = diagnostics.map_correlation(a, b)
+    assert r[0] == pytest.approx(1.0) and np.isnan(r[1])  # an affine copy; a constant map has no correlation
+    assert diagnostics.map_correlation(a[:1], -a[:1])[0] == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="differ in shape"):
+        diagnostics.map_correlation(a, b[:1])
+
+
+def test_compare_maps_gradcam_is_relu_cam_under_gap_fc_and_skips_cam_elsewhere() -> None:
+    from wsseg_nb.models import VGG16CAM
+
+    torch.manual_seed(0)
+    x = torch.rand(4, 2, 32, 32) * torch.tensor([6.0, 800.0])[None, :, None, None]
+    masks = np.zeros((4, 32, 32), bool)
+    masks[:, 8:16, 8:16] = True
+    nets = {"gap_fc": VGG16CAM(1 / 16).eval(), "authors": VGG16CAM(1 / 16, head="authors").eval()}
+    table = diagnostics.compare_maps(nets, x, masks, ["cam", "gradcam", "gradcampp"])
+    assert table[["classifier", "method"]].values.tolist() == [
+        ["gap_fc", "cam"], ["gap_fc", "gradcam"], ["gap_fc", "gradcampp"], ["authors", "gradcam"], ["authors", "gradcampp"]]
+    assert table["r_gradcam"].iloc[[1, 3]].tolist() == pytest.approx([1.0, 1.0])  # each map with itself
+    assert table["pointing"].between(0, 1).all()

@@ -138,7 +138,7 @@ def test_icc_table_uses_lesion_studies(per_study: pd.DataFrame) -> None:
 
 def test_wilcoxon_table_matches_scipy(per_study: pd.DataFrame) -> None:
     table = report.wilcoxon_table(per_study)
-    assert len(table) == 15
+    assert len(table) == len(report.METHODS) * (len(report.METHODS) - 1) // 2  # every pair once
     row = table[(table["method_a"] == "unet") & (table["method_b"] == "gradcam")]
     assert row.empty  # pairs follow the paper order: (gradcam, unet)
     row = table[(table["method_a"] == "gradcam") & (table["method_b"] == "unet")].iloc[0]
@@ -151,7 +151,7 @@ def test_wilcoxon_table_matches_scipy(per_study: pd.DataFrame) -> None:
 
 def test_paper_numbers_are_consistent() -> None:
     p = report.PAPER
-    assert list(p.index) == list(report.METHODS)
+    assert list(p.index) == list(report.PAPER_METHODS) == list(report.METHODS[:6])
     assert tuple(p.loc["scorecam", ["dice_median", "dice_iqr"]]) == (0.47, 0.35)  # abstract: best weakly supervised
     assert tuple(p.loc["unet", ["dice_median", "dice_iqr"]]) == (0.72, 0.36)
     assert tuple(p.loc["threshold", ["dice_median", "dice_iqr"]]) == (0.29, 0.28)
@@ -161,8 +161,9 @@ def test_paper_numbers_are_consistent() -> None:
         assert ((p[f"{q}_ci_low"] <= p[f"{q}_icc"]) & (p[f"{q}_icc"] <= p[f"{q}_ci_high"])).all()
         assert p[f"{q}_icc"].idxmax() == "unet"
     assert p["mtv_absdev_median"].idxmin() == "unet" and p["tlg_absdev_median"].idxmax() == "threshold"
-    assert tuple(p.loc[list(report.WEAKLY_SUPERVISED), "t"]) == (0.3, 0.2, 0.3, 0.4)
-    assert tuple(p.loc[list(report.WEAKLY_SUPERVISED), "q"]) == (31, 35, 32, 31)
+    cams = ["cam", "gradcam", "gradcampp", "scorecam"]
+    assert tuple(p.loc[cams, "t"]) == (0.3, 0.2, 0.3, 0.4)
+    assert tuple(p.loc[cams, "q"]) == (31, 35, 32, 31)
 
 
 def test_comparison_tables_and_printing(run_dir: Path, per_study: pd.DataFrame, capsys) -> None:
@@ -215,7 +216,15 @@ def test_figures_draw(per_study: pd.DataFrame) -> None:
     figs = [result_plots.dice_boxplot(per_study), result_plots.agreement_scatter(per_study, "mtv", icc),
             result_plots.agreement_scatter(per_study, "tlg"), result_plots.bland_altman_plot(per_study, "tlg"),
             result_plots.diagnosis_plot(per_study)]
-    assert [len([a for a in f.axes if a.get_visible()]) for f in figs] == [1, 6, 6, 6, 2]
+    assert [len([a for a in f.axes if a.get_visible()]) for f in figs] == [1, *[len(report.METHODS)] * 3, 2]
     assert figs[1].axes[5].get_title() == "U-Net  ICC 1.00"
     for f in figs:
         plt.close(f)
+
+
+def test_run_methods_follow_the_config() -> None:
+    from wsseg_nb.config import get_config
+
+    assert report.run_methods(get_config("demo")) == list(report.METHODS)
+    assert report.run_methods(get_config("demo", cam_unet_epochs=0, cam_methods="scorecam,cam")) == [
+        "cam", "scorecam", "threshold", "unet"]

@@ -80,6 +80,10 @@ class Config:
                                    "as cls_sampling)")
     unet_select: str = _p("val_dice", "the epoch kept (best.pt): pooled validation Dice at p >= 0.5 (the paper names no "
                                       "criterion); 'val_study_dice': median per-study 3D Dice, the reported metric")
+    # --- CAM -> U-Net (beyond the paper: its ref. 14; notebook 05) ---
+    cam_unet_method: str = _p("scorecam", "the paper's best CAM method (Sec. 3.1.1) cuts the training studies' "
+                                          "pseudo-labels with its tuned t, q")
+    cam_unet_epochs: int = _p(200, "as unet_epochs (Sec. 2.3.3); 0 skips the CAM -> U-Net")
     unet_threshold_grid: tuple[float, ...] = _p((0.5,), "Sec. 2.3.2: the mask is p >= 0.5; more values: the operating "
                                                         "threshold tuned on validation (per-study Dice, kept epoch)")
     # --- run ---
@@ -124,6 +128,8 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "unet_sampling": "balanced",
     "unet_select": "val_study_dice",
     "unet_threshold_grid": (0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
+    "cam_unet_method": "cam",
+    "cam_unet_epochs": 12,
 }
 """Demo profile: smaller cohort, coarser grid, narrower nets, fewer epochs; same code paths (laptop CPU).
 
@@ -279,6 +285,10 @@ def check(c: Config) -> Config:
             raise bad(key, "expected percentiles in [0, 100]")
     if not c.unet_threshold_grid or not all(0.0 < v < 1.0 for v in c.unet_threshold_grid):
         raise bad("unet_threshold_grid", "expected probabilities in (0, 1)")
+    if c.cam_unet_epochs < 0:
+        raise bad("cam_unet_epochs", "must be >= 0 (0 skips the CAM -> U-Net)")
+    if c.cam_unet_epochs and c.cam_unet_method not in c.cam_methods:
+        raise bad("cam_unet_method", f"expected one of cam_methods {list(c.cam_methods)} (its t and q are tuned)")
     if c.scorecam_topk < 0:
         raise bad("scorecam_topk", "must be >= 0 (0 = all channels)")
     return c

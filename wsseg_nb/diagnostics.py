@@ -106,6 +106,37 @@ def pointing_probe(store, split: str = "val", batch: int = 128) -> Callable[[nn.
     return probe
 
 
+def map_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-slice Pearson correlation of two stacks of maps (n, h, w) -> (n,); NaN where either map is constant."""
+    a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
+    b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
+    if a.shape != b.shape:
+        raise ValueError(f"map stacks differ in shape: {a.shape} vs {b.shape}")
+    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+    norm = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norm > 0, (a * b).sum(1) / norm, np.nan)
+
+
+def compare_maps(models: dict[str, nn.Module], x: torch.Tensor, masks: np.ndarray, methods: Sequence[str],
+                 reference: str = "gradcam", batch: int = 64) -> pd.DataFrame:
+    """Per classifier and method on tumor slices x: pointing, pointing_visible, cell AUC and the mean per-slice
+    correlation with the `reference` map of the same classifier; methods a head cannot compute are left out (nb 03)."""
+    from .cam import compute_cams, has_gap_fc
+
+    suvmax = lesion_suvmax(np.asarray(x[:, 0]), masks)
+    rows = []
+    for name, model in models.items():
+        maps = {m: compute_cams(model, x, m, batch_size=batch).numpy()
+                for m in dict.fromkeys([reference, *methods]) if m != "cam" or has_gap_fc(model)}
+        for method in methods:
+            if method in maps:
+                r = map_correlation(maps[method], maps[reference])
+                rows.append({"classifier": name, "method": method, **pointing(peak_in_lesion(maps[method], masks), suvmax),
+                             "cell_auc": cell_auc(maps[method], masks), f"r_{reference}": float(np.nanmean(r))})
+    return pd.DataFrame(rows)
+
+
 def gate_stats(labels: Sequence[int], probs: Sequence[float], threshold: float) -> dict[str, float]:
     """Slices called tumorous at p >= threshold, and the precision and recall of that call."""
     labels, called = np.asarray(labels) > 0, np.asarray(probs) >= threshold

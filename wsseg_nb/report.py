@@ -16,12 +16,15 @@ from .progress import progress
 from .runs import write_csv_atomic
 from .segment import PAPER_PARAMS
 
-METHODS = ("cam", "gradcam", "gradcampp", "scorecam", "threshold", "unet")
-"""Every segmentation method, in the order of the paper's Table 1."""
-WEAKLY_SUPERVISED = ("cam", "gradcam", "gradcampp", "scorecam")
+PAPER_METHODS = ("cam", "gradcam", "gradcampp", "scorecam", "threshold", "unet")
+"""The paper's methods, in the order of its Table 1."""
+METHODS = (*PAPER_METHODS, "cam_unet")
+"""Every segmentation method: the paper's, then the U-Net trained on CAM pseudo-labels (beyond the paper)."""
+WEAKLY_SUPERVISED = ("cam", "gradcam", "gradcampp", "scorecam", "cam_unet")
 """Methods trained on slice labels only (blue in Fig. 5); the others are the baselines (red)."""
 DISPLAY = {"cam": "CAM", "gradcam": "GradCAM", "gradcampp": "GradCAM++", "scorecam": "ScoreCAM",
-           "threshold": "Threshold", "unet": "U-Net", "layercam": "LayerCAM", "layercam_fused": "LayerCAM fused"}
+           "threshold": "Threshold", "unet": "U-Net", "cam_unet": "CAM → U-Net", "layercam": "LayerCAM",
+           "layercam_fused": "LayerCAM fused"}
 """Method names as the paper prints them."""
 
 PAPER = pd.DataFrame(
@@ -43,10 +46,10 @@ PAPER = pd.DataFrame(
         "tlg_ci_low": [0.77, 0.19, 0.66, 0.71, 0.83, 0.98],
         "tlg_ci_high": [0.90, 0.57, 0.86, 0.88, 0.92, 0.99],
         # Sec. 3.1: tuned CAM threshold t_m and SUV percentile q_m (Algorithm 1)
-        "t": [PAPER_PARAMS.get(m, {}).get("t", np.nan) for m in METHODS],
-        "q": [PAPER_PARAMS.get(m, {}).get("q", np.nan) for m in METHODS],
+        "t": [PAPER_PARAMS.get(m, {}).get("t", np.nan) for m in PAPER_METHODS],
+        "q": [PAPER_PARAMS.get(m, {}).get("q", np.nan) for m in PAPER_METHODS],
     },
-    index=pd.Index(METHODS, name="method"),
+    index=pd.Index(PAPER_METHODS, name="method"),
 )
 """Früh et al. 2021, 90 test patients. 'Median difference' of MTV/TLG read as the median |estimate - truth|."""
 PAPER_N_TEST = 90
@@ -103,6 +106,12 @@ def _split_masks(run: Any, split: str, methods: Sequence[str], desc: str) -> Ite
     for study_id, diagnosis in progress(studies.itertuples(index=False), desc=desc, total=len(studies)):
         study = store.study(study_id)
         yield study_id, diagnosis, study, {m: load_mask(run_dir, m, study_id, study.mask.shape) for m in methods}
+
+
+def run_methods(config: Any) -> list[str]:
+    """The methods a run's chain produces masks for: its CAM methods, the two baselines, CAM -> U-Net if trained."""
+    return [m for m in METHODS if m in config.cam_methods or m in ("threshold", "unet")
+            or (m == "cam_unet" and config.cam_unet_epochs > 0)]
 
 
 def evaluate_run(run: Any, split: str = "test", methods: Sequence[str] = METHODS) -> pd.DataFrame:

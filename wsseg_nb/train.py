@@ -476,9 +476,9 @@ def load_classifier(run: Run, checkpoint: str = "best", folder: str = "classifie
     return _load(model, run.dir / folder / f"{checkpoint}.pt", run.device)
 
 
-def load_unet(run: Run, checkpoint: str = "best") -> UNet:
-    """The trained U-Net from run_dir/unet/<checkpoint>.pt, in eval mode on the run's device."""
-    return _load(unet_model(run.config), run.dir / "unet" / f"{checkpoint}.pt", run.device)
+def load_unet(run: Run, checkpoint: str = "best", folder: str = "unet") -> UNet:
+    """A trained U-Net from run_dir/<folder>/<checkpoint>.pt (cam_unet: CAM -> U-Net), in eval mode on the run's device."""
+    return _load(unet_model(run.config), run.dir / folder / f"{checkpoint}.pt", run.device)
 
 
 def _load(model: torch.nn.Module, path: Path, device: torch.device) -> torch.nn.Module:
@@ -530,8 +530,8 @@ def predict_classifier(model: VGG16CAM, store: SliceStore | str | os.PathLike[st
 
 def predict_unet_masks(model: UNet, store: SliceStore | str | os.PathLike[str], run_dir: str | os.PathLike[str],
                        splits: Sequence[str] = ("val", "test"), batch: int = 64,
-                       device: torch.device | str = "cpu", threshold: float = 0.5) -> list[str]:
-    """U-Net masks (p >= threshold) of every study of the splits, one file per study in masks/unet/ (notebook 05)."""
+                       device: torch.device | str = "cpu", threshold: float = 0.5, method: str = "unet") -> list[str]:
+    """U-Net masks (p >= threshold) of every study of the splits, one file per study in masks/<method>/ (nb 05)."""
     from .segment import save_study_masks
     from .slices import assemble
 
@@ -544,7 +544,7 @@ def predict_unet_masks(model: UNet, store: SliceStore | str | os.PathLike[str], 
         sel = rows[rows["study_id"] == sid]
         logits = predict_logits(model, store, sel.index.to_numpy(), batch, torch.device(device), desc=None)
         mask = assemble(store, sid, sel["slice"].to_numpy(), (logits[:, 0] >= cut).numpy())
-        save_study_masks(run_dir, "unet", {sid: mask})
+        save_study_masks(run_dir, method, {sid: mask})
     return studies
 
 

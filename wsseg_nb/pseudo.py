@@ -1,0 +1,144 @@
+"""CAM -> U-Net (beyond the paper): Algorithm 1's masks on the training studies become a U-Net's targets (notebook 05).
+
+No voxel label is used for training: the training slices are gated by their slice labels (the weak labels the
+classifier learned from), the CAM of `cam_unet_method` with its tuned t and q (notebook 04) cuts the mask, and the
+U-Net learns from those masks with the supervised baseline's loop, loss and augmentation. Validation, as for every
+other method's t, q and epoch, scores against the validation studies' lesion masks.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .progress import progress
+from .runs import Run, write_csv_atomic
+from .slices import SliceDataset, SliceStore
+
+FOLDER = "cam_unet"
+"""Run sub-folder of the CAM -> U-Net: pseudo-labels, their Dice, checkpoints and history."""
+CHUNK = 256
+"""Training slices per Algorithm 1 step while the pseudo-labels are written (bounds the memory)."""
+
+
+def labels_path(run_dir: str | os.PathLike[str]) -> Path:
+    """RUN_DIR/cam_unet/pseudo_labels.npy: uint8 (n_train, S, S), aligned with the train split's store rows."""
+    return Path(run_dir) / FOLDER / "pseudo_labels.npy"
+
+
+def _tuned(run_dir: Path, method: str) -> dict[str, float]:
+    """t and q of `method` from segment/thresholds.json (notebook 04)."""
+    path = run_dir / "segment" / "thresholds.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: notebook 04 tunes t and q before the CAM -> U-Net")
+    entry = json.loads(path.read_text()).get(method)
+    if not isinstance(entry, dict) or not {"t", "q"} <= entry.keys():
+        raise ValueError(f"{path}: no field {method!r} with t and q; cam_unet_method must be one of the tuned "
+                         f"cam_methods")
+    return {"t": float(entry["t"]), "q": float(entry["q"])}
+
+
+def write_pseudo_labels(run: Run, model: Any) -> pd.DataFrame:
+    """Algorithm 1 masks of every training slice (tumor-free by label: empty) to `labels_path`, atomically.
+
+    Returns one row per training study: its pseudo-label Dice against the lesion masks (a diagnostic only:
+    nothing is trained on it), pseudo-label and true voxels; also written to cam_unet/pseudo_dice.csv.
+    """
+    from .cam import cams_for_slices
+    from .segment import algorithm1, study_dice
+
+    c = run.config
+    params = _tuned(run.dir, c.cam_unet_method)
+    store = SliceStore(run.store)
+    rows = store.index[store.index["split"] == "train"]
+    positions = rows.index.to_numpy()
+    tumor = rows["label"].to_numpy() > 0
+    size = c.slice_size
+    path = labels_path(run.dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(positions), size, size))
+    inter, pred = np.zeros(len(positions), np.int64), np.zeros(len(positions), np.int64)
+    called = np.flatnonzero(tumor)
+    maps = cams_for_slices(model, store, positions[called], [c.cam_unet_method], c.cam_batch, run.device,
+                           c.scorecam_topk)[c.cam_unet_method]
+    for start in progress(range(0, len(called), CHUNK), desc="pseudo-labels", unit="chunk"):
+        items = called[start:start + CHUNK]
+        x, truth = store.read(positions[items])
+        mask = algorithm1(maps[start:start + CHUNK].astype(np.float32), x[:, 0], params["t"], params["q"])
+        out[items] = mask
+        inter[items], pred[items] = (mask & (truth > 0)).sum((1, 2)), mask.sum((1, 2))
+    out.flush()
+    del out
+    os.replace(tmp, path)
+    gt_total = rows.groupby("study_id", sort=True)["lesion_voxels"].sum()
+    frame = pd.DataFrame({"study_id": gt_total.index,
+                          "diagnosis": rows.groupby("study_id", sort=True)["diagnosis"].first().to_numpy(),
+                          "dice": study_dice(inter, pred, rows["study_id"].to_numpy(), gt_total),
+                          "pseudo_voxels": pd.Series(pred).groupby(rows["study_id"].to_numpy()).sum()
+                          .reindex(gt_total.index).to_numpy(),
+                          "true_voxels": gt_total.to_numpy()})
+    write_csv_atomic(run.dir / FOLDER / "pseudo_dice.csv", frame)
+    return frame
+
+
+def labels_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-1 of a pseudo-label file: a checkpoint trained on other labels is never resumed."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class PseudoLabelDataset(SliceDataset):
+    """The train split's slices with the pseudo-labels in place of the store's lesion masks (memory-mapped)."""
+
+    def __init__(self, store: SliceStore | str | os.PathLike[str], path: str | os.PathLike[str]):
+        super().__init__(store, "train")
+        self.path = Path(path)
+        self._labels: np.ndarray | None = None
+        shape = np.load(self.path, mmap_mode="r").shape
+        if shape[0] != len(self.positions):
+            raise ValueError(f"{self.path}: {shape[0]} pseudo-labels for {len(self.positions)} training slices; "
+                             f"the store changed since they were written (rerun notebook 05)")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_labels": None}  # worker processes map the file themselves
+
+    def batch(self, items):
+        """(x, label, pseudo-label) of dataset items: the store's slices and labels, the mask from the file."""
+        import torch
+
+        x, label, _ = super().batch(items)
+        if self._labels is None:
+            self._labels = np.load(self.path, mmap_mode="r")
+        return x, label, torch.from_numpy(np.ascontiguousarray(self._labels[np.asarray(items, dtype=np.int64)]))
+
+
+def train_cam_unet(run: Run, resume: bool = True) -> pd.DataFrame:
+    """The supervised baseline's U-Net, loop and settings trained on the pseudo-labels; writes run_dir/cam_unet/."""
+    import torch
+
+    from .train import _datasets, fit, unet_model, unet_optimizer
+
+    c = run.config
+    path = labels_path(run.dir)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: write the pseudo-labels first (pseudo.write_pseudo_labels)")
+    torch.manual_seed(c.seed)
+    model = unet_model(c)
+    optimizer = unet_optimizer(model, c)
+    _, val_set = _datasets(run)
+    hparams = {"width": c.unet_width, "norm": c.unet_norm, "lr": c.unet_lr, "slice_size": c.slice_size,
+               "targets": f"{c.cam_unet_method} pseudo-labels {labels_digest(path)}"}
+    return fit(model, optimizer, PseudoLabelDataset(run.store, path), val_set, kind="unet", out_dir=run.dir / FOLDER,
+               epochs=c.cam_unet_epochs, batch=c.unet_batch, pos_weight=c.unet_pos_weight, seed=c.seed,
+               device=run.device, workers=c.workers, engine=c.augment_engine, sampling=c.unet_sampling,
+               schedule=c.unet_schedule, select=c.unet_select, thresholds=c.unet_threshold_grid, hparams=hparams,
+               resume=resume)
