@@ -97,3 +97,15 @@ def test_measured_lesion_suvmax_follows_the_drawn_targets(row, study):
     # each lesion's PET maximum (after PSF and noise) is its drawn target; merged lesions keep the larger one
     assert measured["suvmax"].between(lo * 0.97, hi * 1.03).all()
     assert (measured["lesion_to_background"] > 1.2).all()
+
+
+def test_parallel_statistics_use_the_watched_pool_and_match_serial(monkeypatch) -> None:
+    from wsseg_nb import slices
+
+    rows = manifest.synthetic_cohort().head(2)
+    opened = []
+    monkeypatch.setattr(phantom, "worker_pool", lambda n: opened.append(n) or slices.worker_pool(n))
+    parallel = phantom.cohort_statistics(rows, workers=2)
+    assert opened == [2]  # workers that exit when the parent is killed (tests/test_slices.py proves that)
+    serial = phantom.cohort_statistics(rows, workers=1)
+    pd.testing.assert_frame_equal(parallel.drop(columns="tumor_areas_mm2"), serial.drop(columns="tumor_areas_mm2"))

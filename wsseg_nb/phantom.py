@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -13,6 +12,7 @@ from scipy import ndimage
 
 from . import volume
 from .progress import progress
+from .slices import worker_pool
 from .suv import suv_factor
 
 CT_SPACING_MM = (3.0, 2.0, 2.0)
@@ -575,7 +575,7 @@ def generate_cohort(manifest_df: pd.DataFrame, workers: int = 2) -> list[str]:
         return []
     if workers <= 1:
         return [_generate_row(r) for r in progress(rows, desc="phantoms", unit="study")]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with worker_pool(workers) as pool:  # workers exit if this process is killed
         return list(progress(pool.map(_generate_row, rows), total=len(rows), desc="phantoms", unit="study"))
 
 
@@ -595,7 +595,7 @@ def cohort_statistics(manifest_df: pd.DataFrame, workers: int = 2) -> pd.DataFra
     if workers <= 1:
         stats = [_study_statistics(r) for r in progress(rows, desc="lesion masks", unit="study")]
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with worker_pool(workers) as pool:  # workers exit if this process is killed
             stats = list(progress(pool.map(_study_statistics, rows), total=len(rows), desc="lesion masks", unit="study"))
     return pd.DataFrame(stats)
 
