@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from test_slices import SIZE, SPACING, write_study
+from conftest import SIZE, SPACING
 from wsseg_nb import cam, pseudo, runs, segment, slices, train
 from wsseg_nb.config import get_config
 from wsseg_nb.models import VGG16CAM
@@ -18,19 +18,14 @@ T, Q = 0.4, 60.0
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> runs.Run:
-    """Three tiny studies (two train, one val), a random classifier and notebook 04's t, q for CAM."""
-    root = tmp_path_factory.mktemp("pseudo")
-    df = pd.DataFrame([write_study(root / "data", f"S{i}", "lymphoma") for i in range(3)])
-    df["split"] = ["train", "train", "val"]
-    slices.preprocess_cohort(df, root / "run" / "store", SPACING, SIZE, workers=1)
+def run(tiny_store) -> runs.Run:
+    """The tiny store (two train studies, one val), a demo config at its size and notebook 04's t, q for CAM."""
     config = get_config("demo", device="cpu", slice_size=SIZE, spacing_mm=SPACING, cam_unet_method="cam",
                         cam_unet_epochs=1, unet_width=1 / 16, unet_batch=4, cam_batch=8, workers=1,
                         unet_sampling="all")
-    out = runs.Run(config, root / "run", torch.device("cpu"))
+    out = runs.Run(config, tiny_store.parent, torch.device("cpu"))
     (out.dir / "segment").mkdir()
     (out.dir / "segment" / "thresholds.json").write_text(json.dumps({"gate": 0.5, "cam": {"t": T, "q": Q}}))
-    torch.manual_seed(0)
     return out
 
 

@@ -297,3 +297,24 @@ def test_numerics_fingerprint_is_a_pure_function_of_the_machine() -> None:
     state = torch.random.get_rng_state()
     assert train.numerics_fingerprint() == first and re.fullmatch(r"[0-9a-f]{16}", first)
     assert torch.equal(torch.random.get_rng_state(), state)  # the global generator is left as it was
+
+
+def test_head_on_frozen_features_trains_only_the_head(tiny_store) -> None:
+    from conftest import SIZE, SPACING
+    from wsseg_nb import runs
+    from wsseg_nb.config import get_config
+
+    cfg = get_config("demo", device="cpu", slice_size=SIZE, spacing_mm=SPACING, cls_head="authors",
+                     cam_methods="gradcam", cam_unet_epochs=0, cls_epochs=1, cls_batch=4, vgg_width=1 / 16,
+                     workers=1, cls_sampling="all", cls_select="val_auc")
+    run = runs.Run(cfg, tiny_store.parent, torch.device("cpu"))
+    torch.manual_seed(5)
+    source = VGG16CAM(1 / 16).eval()
+    train.train_classifier(run, folder="frozen_head", features_from=source)
+    trained = train.load_classifier(run, folder="frozen_head")
+    torch.manual_seed(cfg.seed)
+    initial = train.classifier_model(cfg, "none")  # what train_classifier starts from
+    assert trained.head == "authors"
+    for (name, a), b in zip(trained.features.state_dict().items(), source.features.state_dict().values()):
+        assert torch.equal(a, b), name  # the conv stack is the source's, untouched by training
+    assert not torch.equal(trained.fc[0].weight, initial.fc[0].weight)  # the head did train

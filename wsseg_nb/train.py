@@ -404,18 +404,26 @@ def unet_optimizer(model: torch.nn.Module, c: Config) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=c.unet_lr, betas=(0.9, 0.999))
 
 
-def train_classifier(run: Run, resume: bool = True, folder: str = "classifier") -> pd.DataFrame:
-    """VGG16-CAM with SGD (lr, momentum from the config; Adam in the demo), weighted CE; writes run_dir/<folder>/ (nb 02)."""
+def train_classifier(run: Run, resume: bool = True, folder: str = "classifier",
+                     features_from: VGG16CAM | None = None) -> pd.DataFrame:
+    """VGG16-CAM with SGD (lr, momentum from the config; Adam in the demo), weighted CE; writes run_dir/<folder>/ (nb 02).
+
+    With `features_from`, the conv stack is a frozen copy of that classifier's and only the head trains (nb 03).
+    """
     c = run.config
     torch.manual_seed(c.seed)
-    model = classifier_model(c)
+    model = classifier_model(c, "none" if features_from is not None else None)
+    if features_from is not None:
+        model.features.load_state_dict(features_from.features.state_dict())
+        model.features.requires_grad_(False)
     train_set, val_set = _datasets(run)
-    if c.vgg_init == "lsuv" and not model.pretrained:
+    if c.vgg_init == "lsuv" and not model.pretrained and features_from is None:
         lsuv_(model, init_batch(train_set, c.seed))
     optimizer = classifier_optimizer(model, c)
     hparams = {"width": c.vgg_width, "pretrained": c.pretrained, "norm": c.vgg_norm, "stride": c.vgg_stride,
                "init": c.vgg_init, **({"head": c.cls_head} if c.cls_head != "gap_fc" else {}),
-               "optimizer": c.cls_optimizer, "lr": c.cls_lr, "momentum": c.cls_momentum, "slice_size": c.slice_size}
+               "optimizer": c.cls_optimizer, "lr": c.cls_lr, "momentum": c.cls_momentum, "slice_size": c.slice_size,
+               **({"features": "frozen copy"} if features_from is not None else {})}
     return fit(model, optimizer, train_set, val_set, kind="classifier", out_dir=run.dir / folder,
                epochs=c.cls_epochs, batch=c.cls_batch, pos_weight=c.cls_pos_weight, seed=c.seed,
                device=run.device, workers=c.workers, engine=c.augment_engine, sampling=c.cls_sampling,
