@@ -225,6 +225,8 @@ def test_figures_draw(per_study: pd.DataFrame) -> None:
 def test_run_methods_follow_the_config() -> None:
     from wsseg_nb.config import get_config
 
-    assert report.run_methods(get_config("demo")) == list(report.METHODS)
+    assert report.run_methods(get_config("demo")) == list(report.PAPER_METHODS)  # CAM -> U-Net is opt-in there
+    assert report.run_methods(get_config("demo", cam_unet_epochs=12)) == list(report.METHODS)
+    assert report.run_methods(get_config("paper")) == list(report.METHODS)
     assert report.run_methods(get_config("demo", cam_unet_epochs=0, cam_methods="scorecam,cam")) == [
         "cam", "scorecam", "threshold", "unet"]

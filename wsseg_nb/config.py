@@ -129,7 +129,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "unet_select": "val_study_dice",
     "unet_threshold_grid": (0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
     "cam_unet_method": "cam",
-    "cam_unet_epochs": 12,
+    "cam_unet_epochs": 0,
 }
 """Demo profile: smaller cohort, coarser grid, narrower nets, fewer epochs; same code paths (laptop CPU).
 

@@ -119,15 +119,17 @@ def map_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def compare_maps(models: dict[str, nn.Module], x: torch.Tensor, masks: np.ndarray, methods: Sequence[str],
-                 reference: str = "gradcam", batch: int = 64) -> pd.DataFrame:
+                 reference: str = "gradcam", batch: int = 64, topk: int = 0) -> pd.DataFrame:
     """Per classifier and method on tumor slices x: pointing, pointing_visible, cell AUC and the mean per-slice
-    correlation with the `reference` map of the same classifier; methods a head cannot compute are left out (nb 03)."""
+    correlation with the `reference` map of the same classifier; methods a head cannot compute are left out.
+
+    topk > 0: ScoreCAM of the top-k channels by variance, as `scorecam_topk` (notebook 03)."""
     from .cam import compute_cams, has_gap_fc
 
     suvmax = lesion_suvmax(np.asarray(x[:, 0]), masks)
     rows = []
     for name, model in models.items():
-        maps = {m: compute_cams(model, x, m, batch_size=batch).numpy()
+        maps = {m: compute_cams(model, x, m, batch_size=batch, topk=topk).numpy()
                 for m in dict.fromkeys([reference, *methods]) if m != "cam" or has_gap_fc(model)}
         for method in methods:
             if method in maps:
