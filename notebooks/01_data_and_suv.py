@@ -243,26 +243,63 @@ index.groupby("split").agg(studies=("study_id", "nunique"), slices=("slice", "si
 # 1. A patient of 80 kg receives 300 MBq; the scan starts 75 min later. What SUV does a voxel of
 #    10 kBq/ml have?
 #
-# <details><summary>Solution</summary>
-#
-# `suv.suv_factor(80, 300, 75 * 60) * 10_000` ≈ 4.28: the activity decayed to 300 MBq × 2^(−4500/6586.2)
-# ≈ 187 MBq, spread over 80,000 g gives 2.34 kBq/g, and 10 / 2.34 ≈ 4.28.
-# </details>
+# **Solution 1.**
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+factor_80kg = suv.suv_factor(80, 300, 75 * 60)
+decayed_bq = 300e6 * 2 ** (-75 * 60 / 6586.2)  # the injected activity left at the scan
+per_gram = decayed_bq / 80_000                    # spread evenly over 80,000 g
+assert abs(factor_80kg * 10_000 / (10_000 / per_gram) - 1) < 1e-12
+print(f"activity at the scan {decayed_bq / 1e6:.1f} MBq, {per_gram / 1000:.3f} kBq/g if spread evenly; "
+      f"SUV of 10 kBq/ml = {factor_80kg * 10_000:.2f}")
+
+# %% [markdown]
+# The activity decays over the 4,500 s delay by $2^{-4500/6586.2}$ (to about 187 MBq), spread over 80,000 g it
+# gives about 2.34 kBq/g, and 10 kBq/ml over that mean is an SUV of about 4.28; `suv.suv_factor` agrees with the
+# hand computation to 12 digits.
 #
 # 2. Why is the mask resampled with nearest neighbour but the SUV with linear interpolation?
 #
-# <details><summary>Solution</summary>
-#
-# Linear interpolation of a 0/1 mask produces fractions at the border (not a mask any more); thresholding
-# them would shift the border. Nearest neighbour keeps it binary. The SUV is a continuous quantity, and
-# linear interpolation preserves a linear ramp exactly (the tests check this).
-# </details>
+# **Solution 2.**
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+seg_ex, seg_affine = volume.load_nifti(example["seg_path"], example["study_id"], "seg_path")
+seg_linear = volume.resample(seg_ex.astype(np.float32), seg_affine, shape, grid_affine, order=1)
+seg_nearest = volume.resample(seg_ex.astype(np.uint8), seg_affine, shape, grid_affine, order=0)
+print(f"linear: {int(((seg_linear > 0) & (seg_linear < 1)).sum())} of {int((seg_linear > 0).sum())} non-zero "
+      f"voxels are fractions; as a mask again at the cut 0.25 / 0.5 / 0.75: "
+      f"{[int((seg_linear >= c).sum()) for c in (0.25, 0.5, 0.75)]} voxels")
+print(f"nearest: values {np.unique(seg_nearest).tolist()}, {int(seg_nearest.sum())} voxels")
+z_ramp = np.broadcast_to(np.arange(ct.shape[0], dtype=np.float32)[:, None, None], ct.shape).copy()
+column = volume.resample(z_ramp, ct_affine, shape, grid_affine, order=1)[1:-1, shape[1] // 2, shape[2] // 2]
+assert np.abs(np.diff(column, 2)).max() < 1e-3  # still a straight line on the new grid
+print(f"a linear ramp along z, resampled linearly: largest second difference {np.abs(np.diff(column, 2)).max():.1e}")
+
+# %% [markdown]
+# Linear interpolation of a 0/1 mask produces fractions at the border: not a mask any more, and turning it back
+# into one needs a cut whose choice moves the border (the printed voxel counts differ with the cut). Nearest
+# neighbour copies a source voxel, so the mask stays binary. The SUV is a continuous quantity, and linear
+# interpolation reproduces a linear ramp exactly (the printed second difference is zero up to rounding; the
+# unit tests check the same).
 #
 # 3. How would the tumor-slice fraction change with 6 mm instead of 3 mm slices?
 #
-# <details><summary>Solution</summary>
-#
-# Each lesion covers fewer slices but the body does too, so the fraction changes little for large lesions;
-# a lesion smaller than a slice still marks a whole slice, so coarse slices raise the fraction slightly.
-# Compare `store.index["label"].mean()` of a demo and a paper run.
-# </details>
+# **Solution 3.**
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+fractions = {}
+for r in studies.head(6).itertuples():
+    seg_r, seg_r_affine = volume.load_nifti(r.seg_path, r.study_id, "seg_path")
+    fractions[r.study_id] = {"scanner grid": seg_r.any(axis=(1, 2)).mean(),
+                             "store grid": index.loc[index["study_id"] == r.study_id, "label"].mean()}
+print(f"slice thickness: scanner grid {np.abs(np.diag(seg_r_affine)[:3])[::-1][0]:g} mm, "
+      f"store grid {cfg.spacing_mm[0]:g} mm")
+pd.DataFrame(fractions).T.round(3)
+
+# %% [markdown]
+# Each lesion covers fewer slices, but the body does too, so the fraction changes little (the printed table,
+# for six studies of this run; with the paper profile both grids have 3 mm slices). Two effects pull in opposite
+# directions at the lesion's ends: the store's mask is resampled by nearest neighbour, so a thick slice takes its
+# label from one plane and a lesion end thinner than a slice can drop out of the labels; a label defined as "any
+# lesion voxel within the thick slice" would instead count a partly covered slice whole and raise the fraction
+# slightly.

@@ -276,42 +276,56 @@ print(f"epoch kept ({cfg.cls_select}): {int(best['epoch'])}; validation AUC {bes
 #    *test* slices, and how does the kept classifier compare there? (The CAM identity $y = b + \overline{M}$
 #    is notebook 03's first exercise.)
 #
-# <details><summary>Solution</summary>
-#
-# ```python
-# print("level alone:", round(diagnostics.level_auc(store.index, "test"), 3),
-#       " classifier:", round(summary.loc["test", "auc"], 3))
-# ```
+# **Solution 1.**
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+print(f"test AUC: body level alone {diagnostics.level_auc(store.index, 'test'):.3f}, "
+      f"kept classifier {summary.loc['test', 'auc']:.3f} (validation: {record['level_auc']:.3f} and {record['val_auc']:.3f})")
+
+# %% [markdown]
 # `level_auc` fits the training tumor rate per relative level and uses it as the prediction. If the
 # classifier barely beats it on test, its AUC may come from where the slice is rather than from a lesion;
 # the pointing numbers of section 7 tell the two apart.
-# </details>
 #
 # 2. The weighted loss is minimised by a constant prediction when the network has learned nothing. Which
 #    constant, and what loss does it give on a split with tumor fraction $f$? Compare with the first epoch.
 #
-# <details><summary>Solution</summary>
-#
+# **Solution 2.**
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+f = 0.5 if cfg.cls_sampling == "balanced" else store.index.loc[store.index["split"] == "train", "label"].mean()
+w = cfg.cls_pos_weight
+fw = w * f / (w * f + 1 - f)
+entropy = -(fw * np.log(fw) + (1 - fw) * np.log(1 - fw))
+y_prior = (torch.arange(2_000) < round(f * 2_000)).float()  # labels with tumor fraction f
+constants = torch.linspace(-3, 3, 601)                       # constant logits, steps of 0.01
+losses = torch.stack([train.weighted_ce(torch.full_like(y_prior, float(c)), y_prior, w) for c in constants])
+best_p = float(torch.sigmoid(constants[losses.argmin()]))
+assert abs(best_p - fw) < 0.005 and abs(float(losses.min()) - entropy) < 5e-4
+print(f"f = {f:.3f}, w = {w:g}: best constant p = {best_p:.3f} (f_w = {fw:.3f}), its loss {float(losses.min()):.4f} "
+      f"(entropy {entropy:.4f}); first epoch's training loss {history['train_loss'].iloc[0]:.4f}")
+
+# %% [markdown]
 # The weighted mean is an ordinary cross entropy with effective tumor fraction $f_w = wf / (wf + 1 - f)$; the
-# best constant is $p = f_w$ and the loss is the entropy $-f_w\log f_w - (1-f_w)\log(1-f_w)$.
-# ```python
-# f = 0.5 if cfg.cls_sampling == "balanced" else store.index.loc[store.index["split"] == "train", "label"].mean()
-# w = cfg.cls_pos_weight
-# fw = w * f / (w * f + 1 - f)
-# print(fw, -(fw * np.log(fw) + (1 - fw) * np.log(1 - fw)), history["train_loss"].iloc[0])
-# ```
-# A training loss that stays at this value means the network only learned the class prior.
-# </details>
+# best constant is $p = f_w$ and the loss is the entropy $-f_w\log f_w - (1-f_w)\log(1-f_w)$ (the scan over
+# constant logits finds both). A training loss that stays at this value means the network only learned the
+# class prior; the printed first-epoch loss says how far the first epoch got below it.
 #
 # 3. Rotate a slice by 90° with both augmentation engines and check the direction against `torch.rot90`.
 #
-# <details><summary>Solution</summary>
-#
-# ```python
-# full = lambda v: torch.full((1,), v, dtype=torch.float64)
-# p90 = augment.AugmentParams(full(1.0), full(90.0), full(0.0), full(1.0))
-# for engine in ("torch", "imgaug"):
-#     out, _ = augment.augment(x[:1], mask[:1], p90, engine)
-#     print(engine, float((out - torch.rot90(x[:1], -1, (-2, -1))).abs().max()))   # ~0: clockwise on screen
-# ```
-# </details>
+# **Solution 3.**
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+full = lambda v: torch.full((1,), v, dtype=torch.float64)
+p90 = augment.AugmentParams(full(1.0), full(90.0), full(0.0), full(1.0))  # scale, degrees, shift, gamma
+for engine in ("torch", "imgaug"):
+    out, out_mask = augment.augment(x[:1], mask[:1], p90, engine)
+    clockwise, counter = torch.rot90(x[:1], -1, (-2, -1)), torch.rot90(x[:1], 1, (-2, -1))
+    print(f"{engine}: max |Δ| against rot90 clockwise {float((out - clockwise).abs().max()):.4f}, "
+          f"counter-clockwise {float((out - counter).abs().max()):.1f}; mask pixels off the clockwise "
+          f"rotation {int((out_mask != torch.rot90(mask[:1], -1, (-2, -1))).sum())}")
+
+# %% [markdown]
+# Both engines agree with `torch.rot90(x, -1)`: a positive angle turns the slice clockwise on screen (image rows
+# run downwards), and image and mask turn together. The residual is interpolation rounding (HU values are in the
+# hundreds).

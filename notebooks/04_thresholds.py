@@ -255,68 +255,85 @@ explorer.widget()
 # **1.** The prose says "values larger than" the percentile, Algorithm 1 says $\ge$. How much does the
 # validation Dice of CAM change at the tuned values with a strict $>$?
 #
-# <details><summary>Solution</summary>
-#
-# ```python
-# m, (t, q) = "cam", tuned["cam"].params.values()
-# region = segment.cam_region(val_cams[m], t, val.suv.shape[-1])
-# t_q = segment.region_percentile(val.suv, region, q)[:, None, None]
-# strict = region & (val.suv > np.nan_to_num(t_q, nan=np.inf))
-# d = segment.study_dice((strict & val.gt).sum((1, 2)), strict.sum((1, 2)), val.rows["study_id"], val.gt_total)
-# print(np.nanmedian(d), "vs", tuned[m].dice)
-# ```
+# **Solution 1.**
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+t, q = tuned["cam"].params["t"], tuned["cam"].params["q"]
+region_g = segment.cam_region(val_cams["cam"][at_gate], t, val_g.suv.shape[-1])
+t_q = np.nan_to_num(segment.region_percentile(val_g.suv, region_g, q), nan=np.inf)[:, None, None]
+masks_ge, masks_gt = region_g & (val_g.suv >= t_q), region_g & (val_g.suv > t_q)
+dice_of = lambda m: float(np.nanmedian(segment.study_dice((m & val_g.gt).sum((1, 2)), m.sum((1, 2)),
+                                                          val_g.rows["study_id"], val_g.gt_total)))
+assert np.isclose(dice_of(masks_ge), tuned["cam"].dice)  # >= is what the grid search scored
+print(f"CAM at t = {t:.3f}, q = {q:.2f}: median validation Dice {dice_of(masks_ge):.4f} with >=, "
+      f"{dice_of(masks_gt):.4f} with >; {int((masks_ge != masks_gt).sum())} of {int(masks_ge.sum())} mask voxels "
+      f"differ; smallest t_q over the slices {float(t_q[np.isfinite(t_q)].min()):.3f}")
+
+# %% [markdown]
 # Only voxels exactly equal to $t_q$ change. Among continuous SUVs that is at most the one voxel at the
 # percentile's position (when the index $(n-1)q/100$ is an integer). Ties do occur at SUV 0: air outside the
 # body is exactly 0, so a region that reaches into the air with a low $q$ has $t_q = 0$, and there $\ge$ keeps
-# every air voxel of the region while $>$ keeps none. At the demo's tuned $q$ (93–99) $t_q$ is well above 0
-# and the two agree.
-# </details>
+# every air voxel of the region while $>$ keeps none. When the printed smallest $t_q$ is above 0 no such tie
+# exists, and the two readings differ by the printed handful of voxels at most.
 #
 # **2.** Show that thresholding the CAM and then upscaling by nearest neighbour gives the same region as
 # upscaling first and thresholding afterwards, but not with bilinear upscaling.
 #
-# <details><summary>Solution</summary>
-#
-# ```python
-# import torch
-# c, t = val_cams["cam"][:8], 0.3
-# up = lambda a, mode: torch.nn.functional.interpolate(torch.from_numpy(a)[:, None].float(), scale_factor=8,
-#                                                     mode=mode)[:, 0].numpy()
-# assert np.array_equal(up((c >= t).astype(np.float32), "nearest") > 0.5, up(c, "nearest") >= t)
-# print((up((c >= t).astype(np.float32), "bilinear") > 0.5).sum(), (up(c, "bilinear") >= t).sum())
-# ```
+# **Solution 2.**
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+import torch
+
+c, t_c = val_cams["cam"][:8], 0.3
+factor = val.suv.shape[-1] // c.shape[-1]
+up = lambda a, mode: torch.nn.functional.interpolate(torch.from_numpy(a)[:, None].float(), scale_factor=factor,
+                                                    mode=mode)[:, 0].numpy()
+then_up = up((c >= t_c).astype(np.float32), "nearest") > 0.5
+assert np.array_equal(then_up, up(c, "nearest") >= t_c)
+assert np.array_equal(then_up, segment.cam_region(c, t_c, val.suv.shape[-1]))
+print(f"nearest: both orders give the same {int(then_up.sum())} pixels; bilinear: threshold then upscale "
+      f"{int((up((c >= t_c).astype(np.float32), 'bilinear') > 0.5).sum())}, upscale then threshold "
+      f"{int((up(c, 'bilinear') >= t_c).sum())} pixels")
+
+# %% [markdown]
 # Nearest upscaling copies values, and a copy of a value compares to $t$ like the value does; bilinear
 # interpolation creates new values, so the two orders give different regions.
-# </details>
 #
 # **3.** The objective is the *median* per-patient Dice. Which $(t, q)$ would the *mean* choose for each
 # method, and why might the two differ?
 #
-# <details><summary>Solution</summary>
-#
-# ```python
-# for m in methods:
-#     mean = np.nanmean(tuned[m].study_dice, axis=0)
-#     j, k = np.unravel_index(np.nanargmax(mean), mean.shape)
-#     print(m, "median:", tuned[m].params, "mean:", {"t": cfg.t_grid[j], "q": cfg.q_grid[k]})
-# ```
+# **Solution 3.**
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+for m in methods:
+    mean = np.nanmean(tuned[m].study_dice, axis=0)  # lesion-free studies are NaN
+    j, k = np.unravel_index(np.nanargmax(mean), mean.shape)
+    print(f"{DISPLAY[m]}: median picks t = {tuned[m].params['t']:.3f}, q = {tuned[m].params['q']:.2f}; mean picks "
+          f"t = {tuned[m].grid['t'][j]:.3f}, q = {tuned[m].grid['q'][k]:.2f}")
+
+# %% [markdown]
 # The mean is pulled by the studies that fail completely (Dice near 0, e.g. lesions the classifier never
-# gates); the median follows the typical patient, which is what the paper reports.
-# </details>
+# gates) and by a few very good ones; the median follows the typical patient, which is what the paper reports.
+# Where the printed choices differ, the surface is flat enough near its top for those studies to tip it.
 #
-# **4.** CAM's tuned $(t, q)$ lies on the corner of the demo grid. Search a wider grid on the validation split
-# ($t$ down to 0.02, $q$ up to 99.9) at the tuned gate. Does the validation Dice rise, and what does the
-# optimum say about the role of the map?
+# **4.** Search a wider grid than the demo's on the validation split ($t$ down to 0.02, $q$ up to 99.9) for CAM
+# at the tuned gate. Does the validation Dice rise, and what does the optimum say about the role of the map?
 #
-# <details><summary>Solution</summary>
-#
-# ```python
-# wide = segment.tune_algorithm1(val_cams["cam"][at_gate], val_g.suv, val_g.gt, val_g.rows["study_id"],
-#                                val_g.gt_total, [0.02, 0.05, 0.1, 0.2], [97.0, 98.0, 99.0, 99.5, 99.9])
-# print(wide.params, round(wide.dice, 3), "vs", round(tuned["cam"].dice, 3))
-# ```
-# If the optimum moves further into the corner, the region is in effect the whole upper part of the map and
-# the mask is the hottest voxels of it: the map then mostly chooses the slice (the gate) and which side of the
-# body to look at, and a per-slice relative SUV threshold does the rest. Choosing the grid from this is
-# tuning on validation; the test split is still read once, in notebook 06.
-# </details>
+# **Solution 4.**
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+t_wide, q_wide = sorted({0.02, 0.05, *cfg.t_grid}), sorted({*cfg.q_grid, 99.5, 99.9})  # contains the tuned grid
+wide = segment.tune_algorithm1(val_cams["cam"][at_gate], val_g.suv, val_g.gt, val_g.rows["study_id"],
+                               val_g.gt_total, t_wide, q_wide, desc="wide grid")
+assert wide.dice >= tuned["cam"].dice - 1e-12
+print(f"wide grid ({len(t_wide)} x {len(q_wide)}): t = {wide.params['t']:.3f}, q = {wide.params['q']:.2f}, "
+      f"median validation Dice {wide.dice:.3f}; demo grid: t = {tuned['cam'].params['t']:.3f}, "
+      f"q = {tuned['cam'].params['q']:.2f}, {tuned['cam'].dice:.3f}")
+
+# %% [markdown]
+# The wider grid contains the demo's, so its best Dice can only be the same or higher; if the printed optimum
+# stays where it was, the demo's grid was wide enough for CAM. If it moves further into the low-$t$, high-$q$
+# corner, the region is in effect the whole upper part of the map and the mask is the hottest voxels of it: the
+# map then mostly chooses the slice (the gate) and which side of the body to look at, and a per-slice relative
+# SUV threshold does the rest. Choosing the grid from this is tuning on validation; the test split is still read
+# once, in notebook 06.

@@ -11,9 +11,11 @@
 # %% [markdown]
 # # 06 · Statistics: how good are the weakly supervised masks?
 #
-# The chain has produced one 3D lesion mask per test study for six methods: the four CAM methods of
+# The chain has produced one 3D lesion mask per test study for the paper's six methods: the four CAM methods of
 # Algorithm 1 (CAM, GradCAM, GradCAM++, ScoreCAM; trained on slice labels only), the global SUV threshold and
-# the supervised U-Net. This notebook scores them the way the paper does and puts our numbers beside theirs.
+# the supervised U-Net; and for a seventh beyond the paper, CAM → U-Net (a U-Net trained on Algorithm 1's masks
+# of the training studies, still without a voxel label; notebook 05). This notebook scores them the way the
+# paper does and puts our numbers beside theirs (the paper has no CAM → U-Net row).
 #
 # You will learn
 # - the **3D Dice** score, and why it is undefined for a study without lesions;
@@ -29,7 +31,7 @@ profile = "demo"
 run_dir = "../runs/demo"
 overrides = {}
 split = "test"  # the paper evaluates its 90 test subjects
-methods = ["cam", "gradcam", "gradcampp", "scorecam", "threshold", "unet"]
+methods = None  # None: every method the chain produced (report.run_methods: CAMs, baselines, CAM -> U-Net)
 export_nifti = True  # results/nifti/<method>/<study>.nii.gz (+ truth, CT, SUV) to open in a viewer
 export_images = True  # also write the store's CT and SUV as NIfTI, so the masks open over them
 
@@ -43,6 +45,7 @@ from wsseg_nb import metrics, report, runs
 from wsseg_nb.plots import results as result_plots
 
 run = runs.start(profile, run_dir, **overrides)
+methods = methods or report.run_methods(run.config)
 figures = run.dir / "results" / "figures"
 pd.set_option("display.precision", 3)
 print(f"profile {run.config.profile}, split {split}, methods {methods}")
@@ -270,55 +273,89 @@ report.print_results(run)
 # **1. Negatives in the ICC.** Our ICCs use the studies with lesions (the paper's patients all had tumours).
 # Recompute the MTV ICC of the threshold baseline including the lesion-free studies. Why does it change?
 #
-# <details><summary>Solution</summary>
-#
-# ```python
-# d = per_study[per_study["method"] == "threshold"]
-# metrics.icc_agreement(d["mtv_true_ml"], d["mtv_pred_ml"])
-# ```
+# **Solution 1.**
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+d_all = per_study[per_study["method"] == "threshold"]
+d_les = report.with_lesions(d_all)
+for name, d in (("studies with lesions", d_les), ("all studies", d_all)):
+    r = metrics.icc_agreement(d["mtv_true_ml"], d["mtv_pred_ml"])
+    print(f"threshold, {name} (n = {r['n']}): MTV ICC(2,1) {r['icc']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
+lesion_free = d_all[~d_all["study_id"].isin(d_les["study_id"])]
+print(f"{len(lesion_free)} lesion-free {split} studies" + (
+    f": true MTV 0, predicted MTV median {lesion_free['mtv_pred_ml'].median():.1f} ml, max "
+    f"{lesion_free['mtv_pred_ml'].max():.1f} ml" if len(lesion_free) else ": both ICCs are computed on the same rows"))
+
+# %% [markdown]
 # Lesion-free studies add rows with true MTV 0 and whatever the threshold picked up (brain, bladder): pure
 # disagreement, so $MS_E$ grows, and they widen the spread of true values, so $MS_R$ grows too. Which effect wins
 # depends on how much the method segments in healthy patients — the ICC depends on the population, which is why
-# it must be reported with the cohort it was computed on.
-# </details>
+# it must be reported with the cohort it was computed on. (The synthetic cohort, like the paper's, has a lesion in
+# nearly every study; where the printed count of lesion-free studies is 0 the two ICCs are the same number.)
 #
 # **2. Agreement vs consistency.** Add a constant 20 ml to the U-Net's MTV estimates. What happens to ICC(2,1)
 # and to the consistency ICC(3,1)?
 #
-# <details><summary>Solution</summary>
-#
-# ```python
-# d = report.with_lesions(per_study[per_study["method"] == "unet"])
-# print(metrics.icc_agreement(d["mtv_true_ml"], d["mtv_pred_ml"])["icc"],
-#       metrics.icc_agreement(d["mtv_true_ml"], d["mtv_pred_ml"] + 20)["icc"])
-# ```
+# **Solution 2.**
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+d = report.with_lesions(per_study[per_study["method"] == "unet"])
+before = d[["mtv_true_ml", "mtv_pred_ml"]].to_numpy()
+after = before + np.array([0.0, 20.0])
+
+
+def effects(y):
+    """Row effects, column effects and residuals of the two-way layout (n studies x 2 raters)."""
+    g = y.mean()
+    return y.mean(axis=1) - g, y.mean(axis=0) - g, y - y.mean(axis=1, keepdims=True) - y.mean(axis=0) + g
+
+
+(rows_b, cols_b, res_b), (rows_a, cols_a, res_a) = effects(before), effects(after)
+assert np.allclose(rows_b, rows_a) and np.allclose(res_b, res_a)  # MS_R and MS_E unchanged: ICC(3,1) unchanged
+n_u, d_bar = len(before), float((before[:, 1] - before[:, 0]).mean())
+ms_c_b, ms_c_a = n_u * (cols_b**2).sum(), n_u * (cols_a**2).sum()  # MS_C, k - 1 = 1
+assert np.isclose(ms_c_b, n_u * d_bar**2 / 2) and np.isclose(ms_c_a, n_u * (d_bar + 20) ** 2 / 2)
+icc_b = metrics.icc_agreement(before[:, 0], before[:, 1])["icc"]
+icc_a = metrics.icc_agreement(after[:, 0], after[:, 1])["icc"]
+assert (icc_a < icc_b) == (d_bar > -10) or icc_b <= 0
+print(f"U-Net, {n_u} studies with lesions: mean difference d = {d_bar:.1f} ml; MS_C {ms_c_b:.0f} -> {ms_c_a:.0f}; "
+      f"ICC(2,1) {icc_b:.3f} -> {icc_a:.3f}; MS_R and MS_E (so ICC(3,1)) unchanged")
+
+# %% [markdown]
 # $MS_R$ and $MS_E$ do not change (a constant shift of one column is absorbed by the column effect), so ICC(3,1)
 # stays the same. With two raters $MS_C = n\,\bar d^2 / 2$, $\bar d$ the mean difference estimate − truth;
 # the shift makes it $n(\bar d + 20)^2/2$. That grows only when $\bar d > -10$ ml (by $n \cdot 20^2/2$ exactly
-# when $\bar d = 0$); the U-Net over-estimates ($\bar d > 0$), so its ICC(2,1) drops, while for a method that
-# under-estimates by more than 10 ml the same shift would *raise* it. The paper's choice penalises a
-# systematic offset, whichever way it points.
-# </details>
+# when $\bar d = 0$), and then ICC(2,1) drops; for a method that under-estimates by more than 10 ml the same
+# shift would *raise* it. The printed $\bar d$ says which case this run's U-Net is in. The paper's choice
+# penalises a systematic offset, whichever way it points.
 #
 # **3. 6- vs 18-connectivity.** How does the false-positive volume of GradCAM change with face-only
 # (6-) connectivity? Which components split?
 #
-# <details><summary>Solution</summary>
-#
+# **Solution 3.**
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+from wsseg_nb.slices import SliceStore
+
+store = SliceStore(run.store)
+six = ndimage.generate_binary_structure(3, 1)
+fp = {}
+for sid in lesion_rows["study_id"].unique()[:5]:
+    study = store.study(sid)
+    truth_s, spacing_s = study.mask > 0, study.meta["spacing_mm"]
+    pred_s = report.load_mask(run, "gradcam", sid, truth_s.shape)
+    lab, n_six = ndimage.label(pred_s, six)
+    hit = np.bincount(lab[truth_s], minlength=n_six + 1)[1:] > 0  # components overlapping a lesion
+    sizes = np.bincount(lab.ravel(), minlength=n_six + 1)[1:]
+    eighteen = metrics.lesion_metrics(pred_s, truth_s, spacing_s)
+    fp[sid] = {"FP ml (18)": eighteen["fp_volume_ml"], "FP ml (6)": sizes[~hit].sum() * metrics.voxel_volume_ml(spacing_s),
+               "components (18)": eighteen["n_pred_components"], "components (6)": n_six}
+fp = pd.DataFrame.from_dict(fp, orient="index")
+assert (fp["FP ml (6)"] >= fp["FP ml (18)"] - 1e-9).all()
+fp.round(2)
+
+# %% [markdown]
 # Components that touch only along edges split apart under 6-connectivity; a split-off piece that touches no
-# lesion becomes a false positive, so the FP volume can only grow (and the number of FP lesions too):
-#
-# ```python
-# from wsseg_nb.slices import SliceStore
-# store = SliceStore(run.store)
-# sid = lesion_rows["study_id"].iloc[0]
-# study = store.study(sid)
-# pred = report.load_mask(run, "gradcam", sid, study.mask.shape)
-# six = ndimage.generate_binary_structure(3, 1)
-# lab, n = ndimage.label(pred, six)
-# hit = np.bincount(lab[study.mask > 0], minlength=n + 1)[1:] > 0
-# sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
-# print(sizes[~hit].sum() * metrics.voxel_volume_ml(study.meta["spacing_mm"]),
-#       metrics.lesion_metrics(pred, study.mask, study.meta["spacing_mm"])["fp_volume_ml"])
-# ```
-# </details>
+# lesion becomes a false positive, so the FP volume can only grow (and the number of FP lesions too). The table,
+# for five test studies with lesions, shows the components splitting; the FP volume grows only where a split-off
+# piece lies outside every lesion.

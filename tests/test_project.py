@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from wsseg_nb.__main__ import build_parser, parse_overrides
-from wsseg_nb.chain import clean_notebook, discover_notebooks
+from wsseg_nb.chain import clean_notebook, discover_notebooks, kept_cell_metadata
 from wsseg_nb.config import get_config
 from wsseg_nb.errors import InputError
 
@@ -84,14 +84,19 @@ def test_clean_notebook_strips_execution_noise() -> None:
     params = nbformat.v4.new_code_cell("a = 1", metadata={"tags": ["parameters"]})
     injected = nbformat.v4.new_code_cell("a = 2", metadata={"tags": ["injected-parameters"]})
     body = nbformat.v4.new_code_cell("a", metadata={"papermill": {}, "execution": {}, "tags": []})
+    solution = nbformat.v4.new_code_cell("b", metadata={"tags": ["solution"], "scrolled": True, "collapsed": False,
+                                                        "editable": True, "jupyter": {"source_hidden": True,
+                                                                                      "outputs_hidden": True}})
     body.outputs = [nbformat.v4.new_output("stream", name="stderr", text="cams: 100%|####| 5/5 [01:20<00:00]\n"),
                     nbformat.v4.new_output("stream", name="stdout", text="step 1\nfit:  40%|##  | 2/5\n")]
-    nb.cells = [params, injected, body]
+    nb.cells = [params, injected, body, solution]
     cleaned = clean_notebook(nb)
     assert [out.text for out in cleaned.cells[1].outputs] == ["step 1\n"]  # bars dropped, the printed line kept
-    assert [c.source for c in cleaned.cells] == ["a = 1", "a"]
+    assert [c.source for c in cleaned.cells] == ["a = 1", "a", "b"]
     assert "papermill" not in cleaned.metadata and "widgets" not in cleaned.metadata
+    assert cleaned.cells[0].metadata == {"tags": ["parameters"]}
     assert cleaned.cells[1].metadata == {}
+    assert cleaned.cells[2].metadata == {"tags": ["solution"], "jupyter": {"source_hidden": True}}  # nothing else
     assert cleaned.metadata["jupytext"]["formats"] == "ipynb,py:percent"
 
 
@@ -111,8 +116,56 @@ def test_notebook_pair_in_sync_and_clean(source: Path) -> None:
         f"{paired.name} drifted from {source.name}: run `make notebooks` (or `make sync`)"
     assert not set(committed.metadata) & {"papermill", "widgets"}
     assert all(not set(c.metadata) & {"papermill", "execution"} for c in committed.cells)
+    for name, nb in ((paired.name, committed), (source.name, text)):  # tags and jupyter.source_hidden, nothing else
+        junk = [(k, dict(c.metadata)) for k, c in enumerate(nb.cells) if dict(c.metadata) != kept_cell_metadata(c.metadata)]
+        assert not junk, f"{name}: cell metadata beyond tags and jupyter.source_hidden: {junk[:3]}"
+    assert [dict(c.metadata) for c in committed.cells] == [dict(c.metadata) for c in text.cells], \
+        f"{paired.name}: cell metadata differs from {source.name}: run `jupytext --update --to ipynb {source.name}`"
     assert any("parameters" in c.metadata.get("tags", []) for c in committed.cells), "no papermill parameters cell"
     assert paired.stat().st_size < 1_500_000, f"{paired.name} is over 1.5 MB"
+
+
+EXERCISE = re.compile(r"^(?:\*\*)?(\d+)\.(?:\*\*)?\s", re.MULTILINE)  # "1. ...", "**1.** ...", "**1. Title.**"
+SOLUTION = re.compile(r"\*\*Solution (\d+)\.\*\*")
+
+
+def exercise_solutions(nb) -> tuple[list[int], list[tuple[int, int | None]]]:
+    """The numbers of the exercises after the "## Exercises" heading, and for each code cell tagged `solution`: its
+    `jupyter.source_hidden` and the number of the "**Solution k.**" line in the markdown cell just above it."""
+    start = next((k for k, c in enumerate(nb.cells) if c.cell_type == "markdown"
+                  and re.search(r"^## Exercises\s*$", c.source, re.MULTILINE)), None)
+    assert start is not None, "no '## Exercises' heading"
+    head = nb.cells[start].source.split("## Exercises", 1)[1]
+    exercises = [int(m) for m in EXERCISE.findall(head)]
+    exercises += [int(m) for c in nb.cells[start + 1:] if c.cell_type == "markdown" for m in EXERCISE.findall(c.source)]
+    solutions = []
+    for k, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or "solution" not in cell.metadata.get("tags", []):
+            continue
+        assert k > start, f"solution cell {k} lies above the Exercises section"
+        assert cell.metadata.get("jupyter", {}).get("source_hidden") is True, f"solution cell {k} is not hidden"
+        above = SOLUTION.findall(nb.cells[k - 1].source) if nb.cells[k - 1].cell_type == "markdown" else []
+        solutions.append((k, int(above[-1]) if above else None))
+    return exercises, solutions
+
+
+@pytest.mark.parametrize("source", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_every_exercise_has_a_hidden_solution_cell(source: Path) -> None:
+    """Each exercise's solution is a code cell that runs (tags=["solution"], source hidden), in the .py and the .ipynb."""
+    import jupytext
+    import nbformat
+
+    found = {}
+    for name, nb in ((source.name, jupytext.read(source)),
+                     (source.with_suffix(".ipynb").name, nbformat.read(source.with_suffix(".ipynb"), as_version=4))):
+        exercises, solutions = exercise_solutions(nb)
+        assert exercises == list(range(1, len(exercises) + 1)) and exercises, f"{name}: exercises numbered {exercises}"
+        assert [n for _, n in solutions] == exercises, \
+            f"{name}: exercises {exercises}, solution cells (cell, '**Solution k.**' above) {solutions}"
+        assert not any("<details>" in c.source for c in nb.cells[solutions[0][0] - 1:] if c.cell_type == "markdown"), \
+            f"{name}: a solution left in a <details> block"
+        found[name] = len(solutions)
+    assert len(set(found.values())) == 1, f"solution cells differ between the pair: {found}"
 
 
 FROZEN_BAR = re.compile(r"\b\d{1,3}%\|")  # a tqdm bar's "k%|" left in an output

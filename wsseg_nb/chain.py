@@ -17,7 +17,9 @@ from .runs import REPO_ROOT, record_provenance, writable_dir, write_json_atomic
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 JUNK_NOTEBOOK_METADATA = ("papermill", "widgets", "varInspector", "toc", "celltoolbar")
-JUNK_CELL_METADATA = ("papermill", "execution", "collapsed", "scrolled", "ExecuteTime")
+KEPT_CELL_METADATA = {"tags": None, "jupyter": ("source_hidden",)}
+"""The only cell metadata a committed notebook carries: tags (parameters, solution) and jupyter.source_hidden
+(an exercise's solution cell starts collapsed); None keeps the whole value, a tuple the named sub-keys."""
 
 
 class ChainError(RuntimeError):
@@ -84,17 +86,30 @@ PROGRESS_LINE = re.compile(r"\b\d{1,3}%\|")
 """A tqdm bar's "k%|" (plain-text bars in papermill's stream outputs)."""
 
 
+def kept_cell_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A cell's metadata reduced to KEPT_CELL_METADATA (empty values dropped): papermill, timing, scroll and
+    collapse state and any other editor state go."""
+    kept: dict[str, Any] = {}
+    for key, sub_keys in KEPT_CELL_METADATA.items():
+        value = metadata.get(key)
+        if sub_keys is not None and isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k in sub_keys}
+        if value:
+            kept[key] = copy.deepcopy(value)
+    return kept
+
+
 def clean_notebook(nb: Any) -> Any:
-    """A copy without execution noise: papermill/timing metadata, widget state, progress bars, the injected-parameters cell."""
+    """A copy without execution noise: papermill/timing metadata, widget state, progress bars, the injected-parameters
+    cell; cells keep only their tags and jupyter.source_hidden (KEPT_CELL_METADATA)."""
     nb = copy.deepcopy(nb)
     for key in JUNK_NOTEBOOK_METADATA:
         nb.metadata.pop(key, None)
     nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
     for cell in nb.cells:
-        for key in JUNK_CELL_METADATA:
-            cell.metadata.pop(key, None)
-        if cell.metadata.get("tags") == []:
-            cell.metadata.pop("tags")
+        kept = kept_cell_metadata(cell.metadata)
+        cell.metadata.clear()
+        cell.metadata.update(kept)
         if cell.cell_type == "code":
             for out in cell.get("outputs", []):
                 if out.output_type == "stream":  # a progress bar is the run's clock, not its result
