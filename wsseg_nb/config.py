@@ -190,7 +190,12 @@ one spike to 0.46 (epoch 13; 0.09 the next epoch) and 0.32 at epoch 19: under-tr
 With BatchNorm after each conv (unet_norm 'batch'; 37 s per epoch here vs 25 s): 0.14 at epoch 2, 0.42 at 5,
 0.55 at 10 (p >= 0.8), 0.45-0.48 at 11-14. A tuned threshold adds 0.03-0.25 over p >= 0.5 (BN, epoch 14: 0.19 ->
 0.48 at p >= 0.95): the net is over-confident on physiology. Hence BN, 12 epochs (the time 19 epochs without BN
-took), the epoch kept by the median per-study Dice (the reported metric) and the threshold tuned with it."""
+took), the epoch kept by the median per-study Dice (the reported metric) and the threshold tuned with it.
+
+CAM -> U-Net (session 6, issue 14): cam_unet_epochs 0 makes it opt-in in the demo (`-p cam_unet_epochs=12`). On a
+2-core AVX2 CPU without bf16 one U-Net epoch costs 200-290 s (37 s with AVX512-BF16), so a second U-Net would add
+about 45 min to the chain there. cam_unet_method 'cam': the four maps tie on the demo's validation (0.37-0.38) and
+CAM needs one forward pass per training slice (ScoreCAM: K masked passes)."""
 
 PROFILES: dict[str, dict[str, Any]] = {"paper": {}, "demo": DEMO_OVERRIDES}
 
