@@ -54,6 +54,8 @@ def test_bad_manifest_is_refused_by_file_and_line(tmp_path: Path, capsys: pytest
     ("cam_methods=cam,gradcamz", "cam_methods=('cam', 'gradcamz'): expected some of"),
     ("device=tpu", "config device='tpu': expected one of"),
     ("nonsense=1", "unknown parameter(s) ['nonsense']"),
+    ("cam_unet_method=gradcamz", "config cam_unet_method='gradcamz': expected one of"),
+    ("cls_head=authors", "needs cls_head 'gap_fc'"),
 ])
 def test_bad_setting_is_refused_by_key_before_anything_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                                  param: str, expected: str) -> None:

@@ -292,6 +292,8 @@ def check(c: Config) -> Config:
         raise bad("unet_threshold_grid", "expected probabilities in (0, 1)")
     if c.cam_unet_epochs < 0:
         raise bad("cam_unet_epochs", "must be >= 0 (0 skips the CAM -> U-Net)")
+    if c.cam_unet_method not in METHODS:
+        raise bad("cam_unet_method", f"expected one of {list(METHODS)}")
     if c.cam_unet_epochs and c.cam_unet_method not in c.cam_methods:
         raise bad("cam_unet_method", f"expected one of cam_methods {list(c.cam_methods)} (its t and q are tuned)")
     if c.scorecam_topk < 0:
