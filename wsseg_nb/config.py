@@ -193,8 +193,8 @@ With BatchNorm after each conv (unet_norm 'batch'; 37 s per epoch here vs 25 s):
 took), the epoch kept by the median per-study Dice (the reported metric) and the threshold tuned with it.
 
 CAM -> U-Net (session 6, issue 14): cam_unet_epochs 0 makes it opt-in in the demo (`-p cam_unet_epochs=12`). On a
-2-core AVX2 CPU without bf16 one U-Net epoch costs 200-290 s (37 s with AVX512-BF16), so a second U-Net would add
-about 45 min to the chain there. cam_unet_method 'cam': the four maps tie on the demo's validation (0.37-0.38) and
+2-core AVX2 CPU without bf16 one U-Net epoch costs about 85 s (37 s with AVX512-BF16), so a second U-Net adds about
+18 min to the chain there, past its 15-minute budget. cam_unet_method 'cam': the four maps tie on the demo's validation (0.37-0.38) and
 CAM needs one forward pass per training slice (ScoreCAM: K masked passes)."""
 
 PROFILES: dict[str, dict[str, Any]] = {"paper": {}, "demo": DEMO_OVERRIDES}
