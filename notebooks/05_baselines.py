@@ -165,7 +165,9 @@ print(f"{len(studies)} studies written to masks/unet/")
 #
 # The paper's related work (its ref. 14) trains a segmentation network on CAM-derived masks and comes close to
 # the supervised one. Here Algorithm 1 (notebook 04, with the tuned $t$ and $q$ of `cam_unet_method`) cuts a mask
-# in every *training* slice whose weak label is "tumor"; tumor-free slices get an empty mask. A U-Net with the
+# in every *training* slice whose weak label is "tumor" (with `cam_unet_gate="classifier"` only in those the
+# classifier also calls, the slices $t$ and $q$ were tuned on; the others are left out of training);
+# tumor-free slices get an empty mask. A U-Net with the
 # supervised baseline's loop, loss, augmentation and settings learns from those masks. No voxel label of a
 # training study is used; validation scores against the validation studies' lesion masks, as it does for every
 # other method's $t$, $q$, gate and epoch. Two stages, two numbers: the pseudo-labels against the truth on the

@@ -82,6 +82,7 @@ def test_dataset_serves_pseudo_labels_and_pickles_without_them(run, written) -> 
 
 def test_wrong_length_label_file_is_refused(run, written, tmp_path) -> None:
     np.save(tmp_path / "short.npy", np.zeros((3, SIZE, SIZE), np.uint8))
+    np.save(tmp_path / "short.positions.npy", np.load(pseudo.positions_path(pseudo.labels_path(run.dir))))
     with pytest.raises(ValueError, match="pseudo-labels for .* training slices"):
         pseudo.PseudoLabelDataset(run.store, tmp_path / "short.npy")
 
@@ -104,3 +105,24 @@ def test_missing_thresholds_and_labels_are_named(tmp_path, run) -> None:
         pseudo.write_pseudo_labels(other, None)
     with pytest.raises(FileNotFoundError, match="write the pseudo-labels first"):
         pseudo.train_cam_unet(other)
+
+
+def test_classifier_gate_keeps_the_called_tumor_slices_only(run, classifier, tmp_path) -> None:
+    import dataclasses
+
+    gated = runs.Run(dataclasses.replace(run.config, cam_unet_gate="classifier"), tmp_path, run.device)
+    (tmp_path / "store").symlink_to(run.store)
+    (tmp_path / "segment").mkdir()
+    store = slices.SliceStore(run.store)
+    rows = store.index[store.index["split"] == "train"]
+    tumor = rows.index.to_numpy()[rows["label"].to_numpy() > 0]
+    prob = torch.sigmoid(train.predict_logits(classifier, store, tumor, 8, torch.device("cpu"), desc=None)).numpy()
+    gate = float(np.median(prob))  # half of the tumor slices are called
+    (tmp_path / "segment" / "thresholds.json").write_text(json.dumps({"gate": gate, "cam": {"t": T, "q": Q}}))
+    pseudo.write_pseudo_labels(gated, classifier)
+    kept = np.load(pseudo.positions_path(pseudo.labels_path(tmp_path)))
+    expected = np.sort(np.concatenate([rows.index.to_numpy()[rows["label"].to_numpy() == 0], tumor[prob >= gate]]))
+    np.testing.assert_array_equal(kept, expected)
+    assert 0 < (prob >= gate).sum() < len(tumor)
+    dataset = pseudo.PseudoLabelDataset(gated.store, pseudo.labels_path(tmp_path))
+    assert len(dataset) == len(kept) and np.array_equal(dataset.positions, kept)

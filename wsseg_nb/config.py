@@ -84,6 +84,8 @@ class Config:
     cam_unet_method: str = _p("scorecam", "the paper's best CAM method (Sec. 3.1.1) cuts the training studies' "
                                           "pseudo-labels with its tuned t, q")
     cam_unet_epochs: int = _p(200, "as unet_epochs (Sec. 2.3.3); 0 skips the CAM -> U-Net")
+    cam_unet_gate: str = _p("labels", "training slices pseudo-labelled: every slice labelled tumorous; 'classifier': "
+                                      "only those the classifier also calls (p >= the tuned gate), the rest left out")
     unet_threshold_grid: tuple[float, ...] = _p((0.5,), "Sec. 2.3.2: the mask is p >= 0.5; more values: the operating "
                                                         "threshold tuned on validation (per-study Dice, kept epoch)")
     # --- run ---
@@ -210,6 +212,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "unet_schedule": ("constant", "cosine"),
     "vgg_norm": ("none", "batch"),
     "cls_head": ("gap_fc", "authors"),
+    "cam_unet_gate": ("labels", "classifier"),
     "vgg_init": ("he", "lsuv"),
     "cls_select": ("val_auc", "val_pointing_visible", "val_auc*val_pointing_visible"),
     "unet_select": ("val_dice", "val_study_dice"),

@@ -27,8 +27,14 @@ CHUNK = 256
 
 
 def labels_path(run_dir: str | os.PathLike[str]) -> Path:
-    """RUN_DIR/cam_unet/pseudo_labels.npy: uint8 (n_train, S, S), aligned with the train split's store rows."""
+    """RUN_DIR/cam_unet/pseudo_labels.npy: uint8 (n, S, S), aligned with the store rows in `positions_path`."""
     return Path(run_dir) / FOLDER / "pseudo_labels.npy"
+
+
+def positions_path(labels: str | os.PathLike[str]) -> Path:
+    """The store rows (int64) that a pseudo-label file's masks belong to, beside it: <name>.positions.npy."""
+    labels = Path(labels)
+    return labels.with_name(labels.stem + ".positions.npy")
 
 
 def _tuned(run_dir: Path, method: str) -> dict[str, float]:
@@ -44,27 +50,34 @@ def _tuned(run_dir: Path, method: str) -> dict[str, float]:
 
 
 def write_pseudo_labels(run: Run, model: Any) -> pd.DataFrame:
-    """Algorithm 1 masks of every training slice (tumor-free by label: empty) to `labels_path`, atomically.
+    """Algorithm 1 masks of the training slices to `labels_path` (+ their store rows), atomically.
 
-    Returns one row per training study: its pseudo-label Dice against the lesion masks (a diagnostic only:
-    nothing is trained on it), pseudo-label and true voxels; also written to cam_unet/pseudo_dice.csv.
+    Slices labelled tumor-free get an empty mask. With cam_unet_gate 'classifier' a slice labelled tumorous is kept
+    only where the classifier also calls it (p >= the tuned gate, the slices t and q were tuned on); the others are
+    left out of the U-Net's training. Returns one row per training study: its pseudo-label Dice against the lesion
+    masks (a diagnostic only: nothing is trained on it), labelled and true voxels; also cam_unet/pseudo_dice.csv.
     """
+    import torch
+
     from .cam import cams_for_slices
-    from .segment import algorithm1, study_dice
+    from .segment import algorithm1, read_gate, study_dice
+    from .train import predict_logits
 
     c = run.config
     params = _tuned(run.dir, c.cam_unet_method)
     store = SliceStore(run.store)
     rows = store.index[store.index["split"] == "train"]
-    positions = rows.index.to_numpy()
-    tumor = rows["label"].to_numpy() > 0
-    size = c.slice_size
+    tumor_rows = rows.index.to_numpy()[rows["label"].to_numpy() > 0]
+    if c.cam_unet_gate == "classifier":
+        logits = predict_logits(model, store, tumor_rows, c.cam_batch, run.device, desc="classifier")
+        tumor_rows = tumor_rows[torch.sigmoid(logits).numpy() >= read_gate(run.dir)]
+    positions = np.sort(np.concatenate([rows.index.to_numpy()[rows["label"].to_numpy() == 0], tumor_rows]))
+    called = np.flatnonzero(np.isin(positions, tumor_rows))
     path = labels_path(run.dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(positions), size, size))
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(positions), c.slice_size, c.slice_size))
     inter, pred = np.zeros(len(positions), np.int64), np.zeros(len(positions), np.int64)
-    called = np.flatnonzero(tumor)
     maps = cams_for_slices(model, store, positions[called], [c.cam_unet_method], c.cam_batch, run.device,
                            c.scorecam_topk)[c.cam_unet_method]
     for start in progress(range(0, len(called), CHUNK), desc="pseudo-labels", unit="chunk"):
@@ -75,38 +88,50 @@ def write_pseudo_labels(run: Run, model: Any) -> pd.DataFrame:
         inter[items], pred[items] = (mask & (truth > 0)).sum((1, 2)), mask.sum((1, 2))
     out.flush()
     del out
+    _save_atomic(positions_path(path), positions)
     os.replace(tmp, path)
+    slice_study = store.index.loc[positions, "study_id"].to_numpy()
     gt_total = rows.groupby("study_id", sort=True)["lesion_voxels"].sum()
     frame = pd.DataFrame({"study_id": gt_total.index,
                           "diagnosis": rows.groupby("study_id", sort=True)["diagnosis"].first().to_numpy(),
-                          "dice": study_dice(inter, pred, rows["study_id"].to_numpy(), gt_total),
-                          "pseudo_voxels": pd.Series(pred).groupby(rows["study_id"].to_numpy()).sum()
-                          .reindex(gt_total.index).to_numpy(),
+                          "dice": study_dice(inter, pred, slice_study, gt_total),
+                          "pseudo_voxels": pd.Series(pred).groupby(slice_study).sum().reindex(gt_total.index,
+                                                                                               fill_value=0).to_numpy(),
                           "true_voxels": gt_total.to_numpy()})
     write_csv_atomic(run.dir / FOLDER / "pseudo_dice.csv", frame)
     return frame
 
 
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    """np.save to a temporary name, then rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        np.save(handle, array)
+    os.replace(tmp, path)
+
+
 def labels_digest(path: str | os.PathLike[str]) -> str:
-    """SHA-1 of a pseudo-label file: a checkpoint trained on other labels is never resumed."""
+    """SHA-1 of a pseudo-label file and its store rows: a checkpoint trained on other labels is never resumed."""
     digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
+    for part in (Path(path), positions_path(path)):
+        with open(part, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
 class PseudoLabelDataset(SliceDataset):
-    """The train split's slices with the pseudo-labels in place of the store's lesion masks (memory-mapped)."""
+    """The pseudo-labelled training slices with their masks in place of the store's lesion masks (memory-mapped)."""
 
     def __init__(self, store: SliceStore | str | os.PathLike[str], path: str | os.PathLike[str]):
-        super().__init__(store, "train")
         self.path = Path(path)
+        rows = np.load(positions_path(self.path))
+        super().__init__(store, "train", indices=rows)
         self._labels: np.ndarray | None = None
         shape = np.load(self.path, mmap_mode="r").shape
         if shape[0] != len(self.positions):
-            raise ValueError(f"{self.path}: {shape[0]} pseudo-labels for {len(self.positions)} training slices; "
-                             f"the store changed since they were written (rerun notebook 05)")
+            raise ValueError(f"{self.path}: {shape[0]} pseudo-labels for {len(self.positions)} training slices "
+                             f"({positions_path(self.path).name}); rerun notebook 05")
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_labels": None}  # worker processes map the file themselves
@@ -136,7 +161,7 @@ def train_cam_unet(run: Run, resume: bool = True) -> pd.DataFrame:
     optimizer = unet_optimizer(model, c)
     _, val_set = _datasets(run)
     hparams = {"width": c.unet_width, "norm": c.unet_norm, "lr": c.unet_lr, "slice_size": c.slice_size,
-               "targets": f"{c.cam_unet_method} pseudo-labels {labels_digest(path)}"}
+               "targets": f"{c.cam_unet_method} pseudo-labels ({c.cam_unet_gate} gate) {labels_digest(path)}"}
     return fit(model, optimizer, PseudoLabelDataset(run.store, path), val_set, kind="unet", out_dir=run.dir / FOLDER,
                epochs=c.cam_unet_epochs, batch=c.unet_batch, pos_weight=c.unet_pos_weight, seed=c.seed,
                device=run.device, workers=c.workers, engine=c.augment_engine, sampling=c.unet_sampling,
