@@ -197,7 +197,9 @@ took), the epoch kept by the median per-study Dice (the reported metric) and the
 CAM -> U-Net (session 6, issue 14): cam_unet_epochs 0 makes it opt-in in the demo (`-p cam_unet_epochs=12`). On a
 2-core AVX2 CPU without bf16 one U-Net epoch costs about 85 s (37 s with AVX512-BF16), so a second U-Net adds about
 18 min to the chain there, past its 15-minute budget. cam_unet_method 'cam': the four maps tie on the demo's validation (0.37-0.38) and
-CAM needs one forward pass per training slice (ScoreCAM: K masked passes)."""
+CAM needs one forward pass per training slice (ScoreCAM: K masked passes). cam_unet_gate 'labels': 'classifier'
+(only label-tumorous slices the classifier calls, the rest left out) gave more precise pseudo-labels (voxel precision
+0.60 vs 0.10) but 262 tumor slices instead of 726, and test Dice 0.27 vs 0.33 (val 0.33 vs 0.37): rejected."""
 
 PROFILES: dict[str, dict[str, Any]] = {"paper": {}, "demo": DEMO_OVERRIDES}
 
