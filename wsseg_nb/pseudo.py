@@ -59,7 +59,7 @@ def write_pseudo_labels(run: Run, model: Any) -> pd.DataFrame:
     """
     import torch
 
-    from .cam import cams_for_slices
+    from .cam import _save_npy_atomic, cams_for_slices
     from .segment import algorithm1, read_gate, study_dice
     from .train import predict_logits
 
@@ -88,7 +88,7 @@ def write_pseudo_labels(run: Run, model: Any) -> pd.DataFrame:
         inter[items], pred[items] = (mask & (truth > 0)).sum((1, 2)), mask.sum((1, 2))
     out.flush()
     del out
-    _save_atomic(positions_path(path), positions)
+    _save_npy_atomic(positions_path(path), positions)
     os.replace(tmp, path)
     slice_study = store.index.loc[positions, "study_id"].to_numpy()
     gt_total = rows.groupby("study_id", sort=True)["lesion_voxels"].sum()
@@ -100,14 +100,6 @@ def write_pseudo_labels(run: Run, model: Any) -> pd.DataFrame:
                           "true_voxels": gt_total.to_numpy()})
     write_csv_atomic(run.dir / FOLDER / "pseudo_dice.csv", frame)
     return frame
-
-
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    """np.save to a temporary name, then rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        np.save(handle, array)
-    os.replace(tmp, path)
 
 
 def labels_digest(path: str | os.PathLike[str]) -> str:
