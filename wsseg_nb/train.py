@@ -271,7 +271,7 @@ def selection_score(rows: dict[str, float] | pd.DataFrame, select: str) -> float
     """The score the kept epoch maximises: one column, or the product of columns joined by '*' (per row of a frame)."""
     columns = select.split("*")
     if isinstance(rows, pd.DataFrame):
-        return rows[columns].prod(axis=1)
+        return rows[columns].prod(axis=1, skipna=False)
     return float(np.prod([rows[k] for k in columns]))
 
 
