@@ -152,3 +152,15 @@ def test_png_is_the_current_frame(setup):
     assert first[:8] == b"\x89PNG\r\n\x1a\n"
     ex.update(q=49.0)
     assert ex.png() != first
+
+
+def test_panel_titles_lie_inside_the_frame_the_widget_shows(setup):
+    data, cams, tuned = setup
+    ex = widgets.Explorer(data, cams, tuned)
+    ex.update(z=3)  # another frame: the titles' text changes, the frozen layout does not
+    fig = ex.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes[:5]:
+        box = ax.title.get_window_extent(renderer)
+        assert ax.title.get_text() and box.y1 <= fig.bbox.y1 and box.x0 >= 0 and box.x1 <= fig.bbox.x1

@@ -105,7 +105,8 @@ def _build(view: View) -> tuple[Figure, dict[str, Artist]]:
         ax.set_axis_off()
     art["surface"] = splots.surface_image(axes[4], view.surface, view.t_grid, view.q_grid)
     art["point"], = axes[4].plot([view.q], [view.t], "wx", ms=10, mew=2.5)
-    art["titles"] = [ax.set_title("", fontsize=9, y=1.0) for ax in axes]  # fixed y: no title auto-placement
+    # the first frame's titles, so that the layout leaves room for them; fixed y: no title auto-placement
+    art["titles"] = [ax.set_title(title, fontsize=9, y=1.0) for ax, title in zip(axes, _titles(view))]
     axes[4].set_xticks(np.linspace(view.q_grid[0], view.q_grid[-1], 3))  # few tick labels: text dominates redraws
     axes[4].set_yticks(np.linspace(view.t_grid[0], view.t_grid[-1], 3))
     fig.colorbar(art["surface"], ax=axes[4], shrink=0.8, ticks=MaxNLocator(3))
