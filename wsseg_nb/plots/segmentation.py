@@ -118,6 +118,7 @@ def dice_surfaces(tuned: Mapping[str, segment.Tuned],
         ax.set_title(f"{DISPLAY.get(method, method)}: best {result.dice:.2f}", fontsize=10)
         if ax is not axes[0, 0]:
             ax.set_ylabel("")
-    axes[0, 0].legend(fontsize=7, loc="upper left", framealpha=0.6)
+    # a grey legend frame, so that the white × of "chosen" shows in it
+    axes[0, 0].legend(fontsize=7, loc="upper left", facecolor="0.3", labelcolor="w", framealpha=0.8)
     fig.colorbar(image, ax=axes[0].tolist(), label="median 3D Dice (val)", shrink=0.9)
     return fig
