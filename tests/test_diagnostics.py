@@ -122,3 +122,16 @@ def test_compare_maps_gradcam_is_relu_cam_under_gap_fc_and_skips_cam_elsewhere()
         ["gap_fc", "cam"], ["gap_fc", "gradcam"], ["gap_fc", "gradcampp"], ["authors", "gradcam"], ["authors", "gradcampp"]]
     assert table["r_gradcam"].iloc[[1, 3]].tolist() == pytest.approx([1.0, 1.0])  # each map with itself
     assert table["pointing"].between(0, 1).all()
+
+
+def test_peak_cell_means_reads_the_inputs_under_the_maps_maximum():
+    x = np.zeros((2, 2, 8, 8), np.float32)
+    x[:, 1] = -1000.0                          # air everywhere
+    x[0, 0, 4:8, 0:4] = np.arange(16).reshape(4, 4)  # SUV 0..15 in cell (1, 0) of a 2x2 map: mean 7.5
+    x[0, 1, 4:8, 0:4] = 40.0                   # soft tissue there
+    maps = np.zeros((2, 2, 2), np.float32)
+    maps[0, 1, 0] = 1.0
+    maps[1, 0, 1] = 1.0                        # peak on an air cell
+    assert diagnostics.peak_cell_means(maps, x).tolist() == [[7.5, 40.0], [0.0, -1000.0]]
+    with pytest.raises(ValueError, match="multiple"):
+        diagnostics.peak_cell_means(np.zeros((1, 3, 3)), np.zeros((1, 2, 8, 8)))

@@ -32,6 +32,22 @@ def peak_in_lesion(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return cells[np.arange(len(maps)), maps.reshape(len(maps), -1).argmax(axis=1)]
 
 
+def peak_cell_means(maps: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Mean of each input channel over the map's maximum cell: (n, h, w), raw (n, C, S, S) -> (n, C), e.g. [SUV, HU].
+
+    Where the evidence sits when it is not on the lesion: a peak cell of low SUV and air-like HU lies on the lungs
+    or the body outline, anatomy the CT shows, not uptake.
+    """
+    maps, x = np.asarray(maps, dtype=np.float32), np.asarray(x, dtype=np.float32)
+    n, h, w = maps.shape
+    size = x.shape[-1]
+    if size % h or size % w or x.shape[-2] != size:
+        raise ValueError(f"slice size {x.shape[-2:]} is not a multiple of the map size {(h, w)}")
+    f = size // h
+    cells = x.reshape(n, x.shape[1], h, f, w, f).mean(axis=(3, 5)).reshape(n, x.shape[1], -1)
+    return cells[np.arange(n), :, maps.reshape(n, -1).argmax(axis=1)]
+
+
 def cell_auc(maps: np.ndarray, masks: np.ndarray) -> float:
     """ROC AUC of the map value as a score for 'this cell holds lesion', over all cells of the slices given."""
     from sklearn.metrics import roc_auc_score
