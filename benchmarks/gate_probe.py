@@ -14,27 +14,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wsseg_nb import cam, infer, runs, segment, train
-from wsseg_nb.slices import SliceStore, index_positions
+from wsseg_nb import cam, infer, segment, train
+from wsseg_nb.slices import SliceStore
 
 
 def gate_table(run_dir: Path, gates: list[float], methods: list[str]) -> tuple[pd.DataFrame, float, dict]:
     """Best median per-study Dice per gate and method, slices called and their precision; the best gate and its (t, q)."""
-    config = infer.run_config(run_dir)
-    run = runs.Run(config=config, dir=run_dir, device=runs.pick_device(config.device))
+    run = infer.open_run(run_dir)
     store = SliceStore(run.store)
-    predictions = pd.read_csv(run_dir / "classifier" / "predictions.csv", dtype={"study_id": str})
-    rows = predictions[(predictions["split"] == "val")
-                       & ((predictions["prob"] >= min(gates)) | (predictions["label"] > 0))].reset_index(drop=True)
-    rows["position"] = index_positions(store.index, rows, str(run_dir / "classifier" / "predictions.csv"))
-    maps = cam.cams_for_slices(train.load_classifier(run), store, rows["position"].to_numpy(), methods,
+    source = run_dir / "classifier" / "predictions.csv"
+    predictions = pd.read_csv(source, dtype={"study_id": str})
+    mapped = (predictions["prob"] >= min(gates)) | (predictions["label"] > 0)
+    rows = predictions[(predictions["split"] == "val") & mapped]
+    data = segment.gather_slices(store, rows, ("val",), str(source))
+    maps = cam.cams_for_slices(train.load_classifier(run), store, data.rows["position"].to_numpy(), methods,
                                topk=run.config.scorecam_topk)
-    suv, gt = segment._read_suv_and_mask(store, rows)
-    val = store.index[store.index["split"] == "val"].groupby("study_id", sort=True)
-    studies = pd.DataFrame({"split": val["split"].first(), "lesion_voxels": val["lesion_voxels"].sum().astype(np.int64)})
-    data = segment.GatedSlices(store, rows, suv, gt, studies)
     best, tuned, table = segment.tune_with_gate({m: maps[m].astype(np.float32) for m in methods}, data,
                                                 run.config.t_grid, run.config.q_grid, gates)
+    rows = data.rows
     called = [rows["prob"] >= g for g in gates]
     table["called"] = [int(c.sum()) for c in called]
     table["precision"] = [float((rows["label"][c] > 0).mean()) if c.any() else float("nan") for c in called]

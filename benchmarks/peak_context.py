@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from wsseg_nb import diagnostics, infer, runs, train
+from wsseg_nb import diagnostics, infer, train
 from wsseg_nb.cam import eval_mode
 from wsseg_nb.slices import SliceStore
 
@@ -23,8 +23,7 @@ AIR_HU = -500.0
 
 def peak_context(run_dir: Path, checkpoint: str) -> dict[str, float]:
     """Pointing, and the share of peak cells that are air-like, with the median SUV and HU of the peak cells."""
-    config = infer.run_config(run_dir)
-    run = runs.Run(config=config, dir=run_dir, device=runs.pick_device(config.device))
+    run = infer.open_run(run_dir)
     store = SliceStore(run.store)
     rows = np.flatnonzero(((store.index["split"] == "val") & (store.index["label"] > 0)).to_numpy())
     x, masks = store.read(rows)

@@ -14,13 +14,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from . import metrics, volume
 from .config import Config, get_config
+
+if TYPE_CHECKING:
+    from .runs import Run
 from .errors import InputError
 from .manifest import PLAUSIBLE
 from .suv import check_body_suv, to_suv
@@ -120,6 +123,17 @@ def run_config(run_dir: Path) -> Config:
         raise InputError(f"{path}: no readable field 'config' ({type(err).__name__}: {err})") from None
     with as_input_error(f"{path}: "):
         return get_config(record.pop("profile", "demo"), **record)
+
+
+def open_run(run_dir: Path, device: str | None = None, config: Config | None = None) -> Run:
+    """A trained run directory as a Run: its run.json configuration and a device (given, or the config's)."""
+    from .runs import Run, pick_device
+
+    config = config or run_config(run_dir)
+    try:
+        return Run(config=config, dir=run_dir, device=pick_device(device or config.device))
+    except RuntimeError as err:
+        raise InputError(f"--device {device or config.device}: {err}") from None
 
 
 def method_params(run_dir: Path, method: str) -> dict[str, float]:
@@ -306,7 +320,7 @@ def segment_study(run_dir: str | os.PathLike[str], files: StudyFiles, method: st
     With `out` the mask is written as NIfTI there, with `report` the report as JSON and its lesions as CSV beside
     it (same name, .csv); each file atomically, and only after everything is computed.
     """
-    from .runs import Run, pick_device, write_csv_atomic, write_json_atomic
+    from .runs import write_csv_atomic, write_json_atomic
 
     start = time.perf_counter()
     run_dir = Path(run_dir)
@@ -317,10 +331,7 @@ def segment_study(run_dir: str | os.PathLike[str], files: StudyFiles, method: st
         check_outputs(out, report)
     config = run_config(run_dir)
     params = method_inputs(run_dir, method)
-    try:
-        run = Run(config=config, dir=run_dir, device=pick_device(device or config.device))
-    except RuntimeError as err:
-        raise InputError(f"--device {device or config.device}: {err}") from None
+    run = open_run(run_dir, device, config)
     ct, ct_affine, suv, pet_affine = load_study(files)
     prepared = prepare(ct, ct_affine, suv, pet_affine, config.spacing_mm, config.slice_size)
     check_prepared(prepared, suv.shape, pet_affine, files)

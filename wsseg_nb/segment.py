@@ -363,16 +363,20 @@ def load_gated(run_dir: str | os.PathLike[str], splits: Sequence[str] = ("val", 
     """Read cams/index.csv and the store: SUV and ground truth of the gated slices of the given splits (notebook 04)."""
     run_dir = Path(run_dir)
     store = SliceStore(run_dir / "store")
-    index = store.index
     cam_index_path = run_dir / "cams" / "index.csv"
     rows = pd.read_csv(cam_index_path, dtype={"study_id": str, "split": str}, keep_default_na=False)
     for col in ("study_id", "slice", "split"):
         if col not in rows:
             raise ValueError(f"{cam_index_path}: missing column {col!r}")
     rows["cam_row"] = np.arange(len(rows))
-    rows = rows[rows["split"].isin(splits)]
+    return gather_slices(store, rows[rows["split"].isin(splits)], splits, str(cam_index_path))
+
+
+def gather_slices(store: SliceStore, rows: pd.DataFrame, splits: Sequence[str], source: str) -> GatedSlices:
+    """GatedSlices of the given (study_id, slice) rows, with every study of `splits` (source names the rows' file)."""
+    index = store.index
     rows = rows.reset_index(drop=True)
-    rows["position"] = index_positions(index, rows, str(cam_index_path))
+    rows["position"] = index_positions(index, rows, source)
     suv, gt = _read_suv_and_mask(store, rows)
     stored = index["lesion_voxels"].to_numpy()[rows["position"].to_numpy()]
     wrong = np.flatnonzero(gt.reshape(len(gt), -1).sum(axis=1) != stored)
