@@ -1,6 +1,6 @@
 """Train the demo classifier at several seeds on one run's slice store and tabulate each seed's kept epoch.
 
-    python -m benchmarks.classifier_seeds --run-dir runs/demo --seeds 1 2 --out /tmp/seeds
+    python -m benchmarks.classifier_seeds --run-dir runs/demo --seeds 1 2 --out /tmp/seeds [-p cls_ct_dropout=0.5]
 
 Each seed trains in OUT/seed<N>/classifier (resumable), with OUT/seed<N>/store a link to RUN_DIR/store, so every
 seed sees the same studies and slices and only the training draws differ. Validation split only.
@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from wsseg_nb import runs, train
+from wsseg_nb.__main__ import parse_overrides
 
 COLUMNS = ("val_auc", "val_pointing", "val_pointing_visible", "val_cell_auc")
 
@@ -39,6 +40,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("bench_results/classifier_seeds"))
     parser.add_argument("--profile", default="demo")
+    parser.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value (repeatable), e.g. -p cls_ct_dropout=0.5")
     args = parser.parse_args()
     store = (args.run_dir / "store").resolve()
     if not (store / "index.csv").exists():
@@ -49,7 +52,7 @@ def main() -> None:
         directory.mkdir(parents=True, exist_ok=True)
         if not (directory / "store").exists():
             (directory / "store").symlink_to(store)
-        run = runs.start(args.profile, directory, seed=seed)
+        run = runs.start(args.profile, directory, **{**parse_overrides(args.params), "seed": seed})
         history = train.train_classifier(run)
         rows.append(seed_row(history, seed, run.config.cls_select))
         table = pd.DataFrame(rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wsseg_nb.augment import AugmentParams, augment, gamma_suv, sample_params
+from wsseg_nb.augment import AugmentParams, augment, drop_ct, gamma_suv, sample_params
 
 
 def _params(n: int, scale: float = 1.0, rotate: float = 0.0, translate: float = 0.0, gamma: float = 1.0) -> AugmentParams:
@@ -90,3 +90,15 @@ def test_unknown_engine() -> None:
     x, mask = _phantom(1)
     with pytest.raises(ValueError, match="augment_engine"):
         augment(x, mask, _params(1), "albumentations")
+
+
+def test_drop_ct_blanks_the_ct_of_the_drawn_slices_only() -> None:
+    x, _ = _phantom(n=400, size=8)
+    generator = torch.Generator().manual_seed(5)
+    drawn = torch.rand(400, generator=torch.Generator().manual_seed(5)) < 0.3
+    out = drop_ct(x, 0.3, generator)
+    assert torch.equal(out[:, 0], x[:, 0])  # PET untouched
+    assert torch.equal(out[drawn, 1], torch.zeros_like(x[drawn, 1]))  # water: network input 0
+    assert torch.equal(out[~drawn, 1], x[~drawn, 1])
+    assert 0.25 < drawn.float().mean() < 0.35
+    assert drop_ct(x, 0.0, generator) is x  # p = 0 draws nothing, so the default runs replay their old draws

@@ -128,14 +128,14 @@ def test_balanced_fit_visits_twice_the_tumor_slices_and_guards_resume(tmp_path: 
 
 def _fit(out: Path, epochs: int, lr: float = 0.05, workers: int = 0, n_train: int = 16,
          adam: bool = False, sampling: str = "all", schedule: str = "constant", warmup: float = 0.0,
-         probe=None, select: str | None = None) -> tuple[VGG16CAM, pd.DataFrame]:
+         probe=None, select: str | None = None, ct_dropout: float = 0.0) -> tuple[VGG16CAM, pd.DataFrame]:
     torch.manual_seed(0)
     model = VGG16CAM(width=1 / 16)
     opt = torch.optim.Adam(model.parameters(), lr=lr) if adam else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     hist = train.fit(model, opt, ToySlices(n_train, 1), ToySlices(16, 2), kind="classifier", out_dir=out, epochs=epochs,
                      batch=8 if adam else 4, pos_weight=7.7, seed=3, device=torch.device("cpu"), workers=workers,
                      sampling=sampling, schedule=schedule, warmup_epochs=warmup, probe=probe, select=select,
-                     hparams={"lr": lr})
+                     ct_dropout=ct_dropout, hparams={"lr": lr})
     return model, hist
 
 
@@ -155,6 +155,15 @@ def test_resume_equals_uninterrupted(tmp_path: Path, sampling: str) -> None:
     assert not list((tmp_path / "a").glob("*.tmp"))
     with pytest.raises(ValueError, match=r"differ in \['lr'\]"):
         _fit(tmp_path / "a", 5, lr=0.01, sampling=sampling)
+
+
+def test_ct_dropout_changes_training_and_guards_resume(tmp_path: Path) -> None:
+    plain, _ = _fit(tmp_path / "plain", 1)
+    dropped, _ = _fit(tmp_path / "drop", 1, ct_dropout=0.5)
+    assert any(not torch.equal(p, q) for p, q in zip(plain.state_dict().values(), dropped.state_dict().values()))
+    assert "ct_dropout" not in torch.load(tmp_path / "plain" / "last.pt", weights_only=False)["hparams"]
+    with pytest.raises(ValueError, match=r"differ in \['ct_dropout'\]"):
+        _fit(tmp_path / "drop", 2)
 
 
 def test_lr_factor_by_hand() -> None:

@@ -96,6 +96,14 @@ def augment_imgaug(x: torch.Tensor, mask: torch.Tensor, params: AugmentParams) -
     return torch.from_numpy(out), torch.from_numpy(out_mask).to(mask.dtype)
 
 
+def drop_ct(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Replace the CT channel of a random share p of the raw [SUV, HU] slices by water (0 HU: network input 0)."""
+    if p <= 0:
+        return x
+    drop = (torch.rand(len(x), generator=generator) < p).to(x.device)
+    return torch.cat([x[:, :1], x[:, 1:2] * ~drop[:, None, None, None]], dim=1)
+
+
 def augment(x: torch.Tensor, mask: torch.Tensor, params: AugmentParams, engine: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
     """Apply the paper's augmentation with the chosen engine ('torch' on x's device, 'imgaug' on the CPU) (notebook 02)."""
     if engine == "torch":

@@ -13,7 +13,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
-from .augment import augment, sample_params
+from .augment import augment, drop_ct, sample_params
 from .config import SAMPLINGS
 from .diagnostics import pointing_probe
 from .errors import InputError
@@ -280,7 +280,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
         device: torch.device, workers: int = 0, engine: str = "torch", sampling: str = "all",
         pool_fraction: float = 0.0, probe: Callable[[torch.nn.Module], dict[str, float]] | None = None,
         select: str | None = None, schedule: str = "constant", warmup_epochs: float = 0.0,
-        thresholds: Sequence[float] = (0.5,), hparams: dict[str, Any] | None = None,
+        thresholds: Sequence[float] = (0.5,), ct_dropout: float = 0.0, hparams: dict[str, Any] | None = None,
         resume: bool = True) -> pd.DataFrame:
     """Train with augmentation; per epoch validate, write last.pt (atomic), best.pt and history.csv; resume from last.pt.
 
@@ -292,7 +292,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
     needs no scheduler state). `probe(model)` adds validation scores of its own to each epoch's row (prefixed
     `val_`). Best = highest `select` (a row column, or columns joined by '*': their product), by default
     validation AUC (classifier) or pooled Dice (U-Net). Shuffling and augmentation are seeded per epoch, so a
-    resumed run ends with the same weights as an uninterrupted one (notebooks 02, 05).
+    resumed run ends with the same weights as an uninterrupted one (notebooks 02, 05). `ct_dropout` is the share
+    of training slices whose CT channel is blanked after augmentation (`augment.drop_ct`).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -302,6 +303,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
     hparams = {**(hparams or {}), "kind": kind, "batch": batch, "pos_weight": pos_weight, "seed": seed,
                "engine": engine, "sampling": sampling, "pool_fraction": pool_fraction, "select": select,
                "schedule": schedule, "warmup_epochs": warmup_epochs, "thresholds": [float(p) for p in thresholds]}
+    if ct_dropout > 0:  # only when used, so that checkpoints written before the option still resume
+        hparams["ct_dropout"] = ct_dropout
     if schedule == "cosine":  # the decay depends on the total: a longer resumed run would change past epochs' lr
         hparams["epochs"] = epochs
     model.to(device, memory_format=torch.channels_last)
@@ -343,6 +346,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
                 group["lr"] = base * factor
             x, label, mask = _to_device((x, label, mask), device)
             x, mask = augment(x, mask, sample_params(len(x), aug_gen), engine)
+            x = drop_ct(x, ct_dropout, aug_gen)
             loss = weighted_ce(_forward(model, x, device), _target(kind, label, mask), pos_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -428,8 +432,8 @@ def train_classifier(run: Run, resume: bool = True, folder: str = "classifier",
                epochs=c.cls_epochs, batch=c.cls_batch, pos_weight=c.cls_pos_weight, seed=c.seed,
                device=run.device, workers=c.workers, engine=c.augment_engine, sampling=c.cls_sampling,
                pool_fraction=c.cls_near_negatives, probe=pointing_probe(val_set.store, "val"),
-               select=c.cls_select, schedule=c.cls_schedule, warmup_epochs=c.cls_warmup_epochs, hparams=hparams,
-               resume=resume)
+               select=c.cls_select, schedule=c.cls_schedule, warmup_epochs=c.cls_warmup_epochs,
+               ct_dropout=c.cls_ct_dropout, hparams=hparams, resume=resume)
 
 
 LSUV_SLICES = 64
