@@ -117,7 +117,6 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "cls_pos_weight": 1.0,
     "cls_sampling": "balanced",
     "cls_near_negatives": 0.5,
-    "cls_ct_dropout": 0.5,
     "cls_epochs": 16,
     "cls_select": "val_auc*val_pointing_visible",
     "gate": "tuned",
@@ -206,11 +205,12 @@ CAM needs one forward pass per training slice (ScoreCAM: K masked passes). cam_u
 (only label-tumorous slices the classifier calls, the rest left out) gave more precise pseudo-labels (voxel precision
 0.60 vs 0.10) but 262 tumor slices instead of 726, and test Dice 0.27 vs 0.33 (val 0.33 vs 0.37): rejected.
 
-cls_ct_dropout 0.5 (session 8, `python -m benchmarks.classifier_seeds -p cls_ct_dropout=0.5`, AVX2 fp32, the same
-store): without it, seed 1's CAM peak left the lesions as its val AUC rose (visible pointing 0.88 at epoch 5, 0.04 at
-epoch 16 with AUC 0.96; the peak cells then median CT -333 HU, 43 % air: anatomy that the CT shows). With half the
-training slices' CT blanked, seed 1 points on 0.78-0.82 of the val tumor slices (visible 0.81-0.87) from epoch 3 to
-16 while its AUC rises to 0.94 (kept epoch 15: AUC 0.92, visible 0.87)."""
+cls_ct_dropout stays 0 (session 8, `python -m benchmarks.classifier_seeds -p cls_ct_dropout=0.5`, AVX2 fp32, the
+same store). Without it seed 1's CAM peak left the lesions as its val AUC rose (visible pointing 0.88 at epoch 5,
+0.04 at epoch 16; peak cells then 43 % air). At 0.5 seed 1 keeps pointing (visible 0.81-0.87 from epoch 3 to 16,
+kept epoch 15: AUC 0.92, visible 0.87), but seed 0 drifts instead (visible 0.10-0.31 from epoch 3; kept epoch 1:
+AUC 0.73, visible 0.49; its last epoch's peak cells 47 % air, so the PET alone carries the drift too) and seed 2
+stays on ln 2 for 16 epochs (AUC <= 0.71, pointing ~0): one seed better, two worse."""
 
 PROFILES: dict[str, dict[str, Any]] = {"paper": {}, "demo": DEMO_OVERRIDES}
 
