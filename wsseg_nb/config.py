@@ -210,7 +210,8 @@ same store). Without it seed 1's CAM peak left the lesions as its val AUC rose (
 0.04 at epoch 16; peak cells then 43 % air). At 0.5 seed 1 keeps pointing (visible 0.81-0.87 from epoch 3 to 16,
 kept epoch 15: AUC 0.92, visible 0.87), but seed 0 drifts instead (visible 0.10-0.31 from epoch 3; kept epoch 1:
 AUC 0.73, visible 0.49; its last epoch's peak cells 47 % air, so the PET alone carries the drift too) and seed 2
-stays on ln 2 for 16 epochs (AUC <= 0.71, pointing ~0): one seed better, two worse."""
+stays on ln 2 for 16 epochs (AUC <= 0.71, pointing ~0): one seed better, two worse. At 0.25 seed 0 drifts too
+(visible 0.61 at epoch 5, 0.16 at epoch 8; 0.57 there without dropout)."""
 
 PROFILES: dict[str, dict[str, Any]] = {"paper": {}, "demo": DEMO_OVERRIDES}
 
