@@ -22,3 +22,24 @@ def test_seed_row_reports_a_run_that_never_left_the_plateau() -> None:
                             "val_pointing": [0.1, 0.2], "val_pointing_visible": [0.1, 0.2], "val_cell_auc": [0.5, 0.5]})
     row = seed_row(history, seed=0, select="val_auc")
     assert row["kept_epoch"] == 2 and row["left_plateau_epoch"] is None
+
+
+def test_max_pool_probe_logit_is_the_cam_maximum_plus_bias() -> None:
+    import torch
+
+    from benchmarks.max_pool_probe import max_cam_logit
+    from wsseg_nb.cam import classic_cam
+    from wsseg_nb.models import VGG16CAM
+
+    torch.manual_seed(0)
+    model = VGG16CAM(width=1 / 16).eval()
+    with torch.no_grad():
+        model.fc.bias.fill_(0.25)
+    x = torch.randn(3, 2, 32, 32) * torch.tensor([2.0, 300.0])[:, None, None]
+    with torch.no_grad():
+        cam = classic_cam(model, x)
+        logit = max_cam_logit(model, x)
+        gap = model(x)  # the class is untouched: GAP's logit is the CAM's mean plus the bias
+    torch.testing.assert_close(logit, cam.flatten(1).amax(1) + 0.25)
+    torch.testing.assert_close(gap, cam.flatten(1).mean(1) + 0.25)
+    assert (logit > gap).all()
