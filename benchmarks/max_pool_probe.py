@@ -5,7 +5,7 @@
 A probe, not a package option: it swaps `VGG16CAM.forward` in this process only, so the logit is max_xy M(x, y) + b
 with M = sum_k v_k A_k (Eq. 1). CAM stays the map the logit pools, the pointing probe reads it unchanged, and the
 gradient reaches only the peak cell. Session 8, 4 epochs: seed 1 points (visible 0.85 at AUC 0.91), seed 0 never
-(pointing < 0.02). Otherwise as `benchmarks.classifier_seeds` (same arguments, same table).
+(pointing < 0.02), seed 2 stays on ln 2. Otherwise as `benchmarks.classifier_seeds` (same arguments, same table).
 """
 from __future__ import annotations
 
