@@ -43,3 +43,29 @@ def test_max_pool_probe_logit_is_the_cam_maximum_plus_bias() -> None:
     torch.testing.assert_close(logit, cam.flatten(1).amax(1) + 0.25)
     torch.testing.assert_close(gap, cam.flatten(1).mean(1) + 0.25)
     assert (logit > gap).all()
+
+
+def test_body_gap_probe_averages_the_cam_over_body_cells_only() -> None:
+    import torch
+
+    from benchmarks.body_gap_probe import body_cam, body_cells, body_gap_logit
+    from wsseg_nb.cam import classic_cam
+    from wsseg_nb.models import VGG16CAM
+
+    torch.manual_seed(0)
+    model = VGG16CAM(width=1 / 16).eval()
+    x = torch.zeros(2, 2, 32, 32)
+    x[:, 1] = -1000.0
+    x[0, 0, :, :16] = 1.0  # slice 0: the left half is body (cells 0-1 of 4 per row at stride 8)
+    x[0, 1, :, :16] = 40.0
+    inside = body_cells(x, 4)
+    assert inside[0, :, :2].all() and not inside[0, :, 2:].any() and not inside[1].any()
+    with torch.no_grad():
+        full = classic_cam(model, x)
+        logit = body_gap_logit(model, x)
+        restricted = body_cam(model, x)
+    b = model.fc.bias[0]
+    torch.testing.assert_close(logit[0], full[0, :, :2].mean() + b)
+    torch.testing.assert_close(logit[1], full[1].mean() + b)  # no body cell: the plain GAP
+    assert torch.equal(restricted[0, :, :2], full[0, :, :2])
+    assert (restricted[0, :, 2:] == full[0].min()).all()
