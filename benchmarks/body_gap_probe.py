@@ -5,7 +5,8 @@
 A probe, not a package option: it swaps `VGG16CAM.forward` and `cam.classic_cam` in this process only. A cell is
 body when at least half its pixels have SUV > BODY_SUV (the lungs' 0.3-0.6 included: the PET fills the outline);
 the logit is the mean CAM over body cells plus b, and the pointing probe reads the same map with the cells outside
-set to the slice's minimum. Otherwise as `benchmarks.classifier_seeds` (same arguments, same table).
+set to the slice's minimum. Session 8, 4 epochs: worse on every seed (visible pointing <= 0.35). Otherwise as
+`benchmarks.classifier_seeds` (same arguments, same table).
 """
 from __future__ import annotations
 
