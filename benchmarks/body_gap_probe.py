@@ -18,6 +18,8 @@ from wsseg_nb import cam, models
 
 BODY_SUV = 0.1
 """SUV above which a pixel is body (air outside the patient has none)."""
+plain_cam = cam.classic_cam
+"""Eq. 1 unrestricted, kept before `cam.classic_cam` is swapped for `body_cam`."""
 
 
 def body_cells(x: torch.Tensor, cells: int) -> torch.Tensor:
@@ -27,8 +29,7 @@ def body_cells(x: torch.Tensor, cells: int) -> torch.Tensor:
 
 def body_cam(model: models.VGG16CAM, x: torch.Tensor) -> torch.Tensor:
     """Eq. 1's map (B, h, w) with the cells outside the body set to each slice's minimum."""
-    acts = model.features(cam.scaled_input(model, x)).float()
-    maps = torch.einsum("k,bkhw->bhw", model.fc.weight[0].float(), acts)
+    maps = plain_cam(model, x)
     inside = body_cells(x, maps.shape[-1])
     low = maps.flatten(1).amin(1)[:, None, None].expand_as(maps)
     return torch.where(inside, maps, low)
@@ -36,8 +37,7 @@ def body_cam(model: models.VGG16CAM, x: torch.Tensor) -> torch.Tensor:
 
 def body_gap_logit(self: models.VGG16CAM, x: torch.Tensor) -> torch.Tensor:
     """Raw (B, 2, S, S) -> the mean CAM over body cells plus the FC bias (B,); the plain mean where no cell is body."""
-    acts = self.features(cam.scaled_input(self, x))
-    maps = torch.einsum("k,bkhw->bhw", self.fc.weight[0], acts)
+    maps = plain_cam(self, x)
     inside = body_cells(x, maps.shape[-1]).float()
     inside = torch.where(inside.flatten(1).sum(1)[:, None, None] > 0, inside, torch.ones_like(inside))
     return (maps * inside).flatten(1).sum(1) / inside.flatten(1).sum(1) + self.fc.bias[0]

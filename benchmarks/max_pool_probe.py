@@ -13,14 +13,12 @@ import torch
 
 from benchmarks import classifier_seeds
 from wsseg_nb import models
-from wsseg_nb.cam import scaled_input
+from wsseg_nb.cam import classic_cam
 
 
 def max_cam_logit(self: models.VGG16CAM, x: torch.Tensor) -> torch.Tensor:
     """Raw (B, 2, S, S) [SUV, HU] -> the maximum over cells of the CAM plus the FC bias (B,)."""
-    acts = self.features(scaled_input(self, x))
-    cam = torch.einsum("k,bkhw->bhw", self.fc.weight[0], acts) + self.fc.bias[0]
-    return cam.flatten(1).amax(1)
+    return classic_cam(self, x).flatten(1).amax(1) + self.fc.bias[0]
 
 
 if __name__ == "__main__":

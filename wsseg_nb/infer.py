@@ -21,12 +21,12 @@ import pandas as pd
 
 from . import metrics, volume
 from .config import Config, get_config
-
-if TYPE_CHECKING:
-    from .runs import Run
 from .errors import InputError
 from .manifest import PLAUSIBLE
 from .suv import check_body_suv, to_suv
+
+if TYPE_CHECKING:
+    from .runs import Run
 
 CAM_METHODS = ("scorecam", "cam", "gradcampp", "gradcam")
 UNET_DIRS = {"unet": "unet", "cam-unet": "cam_unet"}
