@@ -170,6 +170,11 @@ print(f"by hand {by_hand:.6f}, package {float(train.weighted_ce(z, y, 7.7)):.6f}
 #   is often best early and then lost while the AUC still rises, so neither number alone picks a classifier
 #   that both gates and points; the paper already uses the validation masks to choose $t$ and $q$, and this
 #   uses them the same way.
+# * **Maps put back where the evidence is** (`cam_align = "flip"`): global average pooling is blind to *where*
+#   the evidence sits, and a network trained long enough learns to move its whole feature map a few pixels
+#   (measured here: by 1–2 cells of 32 mm, always the same way for one network). Flipping a slice mirrors
+#   that displacement, so it can be measured without any mask and undone (notebook 03, section 8); the
+#   pointing score that picks the epoch reads the maps after that correction.
 #
 # Where the processor computes bfloat16 natively (`train.native_bf16`: CUDA, or a CPU with AVX512-BF16/AMX)
 # the forward and backward passes run in it, about twice as fast as float32 on two cores (measured on a CPU
@@ -184,7 +189,7 @@ print(f"by hand {by_hand:.6f}, package {float(train.weighted_ce(z, y, 7.7)):.6f}
 # %%
 config.settings_table(cfg, ["vgg_width", "vgg_norm", "vgg_stride", "pretrained", "cls_epochs", "cls_batch", "cls_lr",
                             "cls_momentum", "cls_optimizer", "cls_pos_weight", "cls_sampling", "cls_near_negatives",
-                            "cls_select", "augment_engine", "workers"])
+                            "cls_select", "cam_align", "augment_engine", "workers"])
 
 # %%
 t0 = time.perf_counter()
@@ -226,7 +231,7 @@ tplots.roc_and_confusion(val["label"], val["prob"]);
 # `cls_select`; the numbers go to `classifier/diagnostics.json`.
 
 # %%
-localization = diagnostics.pointing_probe(store, "val")(model)
+localization = diagnostics.pointing_probe(store, "val", align=cfg.cam_align == "flip")(model)
 record = diagnostics.write(run.dir, val_auc=summary.loc["val", "auc"], level_auc=diagnostics.level_auc(store.index, "val"),
                            **localization)
 pd.Series(record).round(3)

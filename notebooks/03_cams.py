@@ -27,8 +27,8 @@ run_dir = "../runs/demo"  # artifacts of the whole chain
 overrides = {}            # any config value, e.g. {"scorecam_topk": 64}
 n_panel = 3               # multi-lesion test slices in the Fig. 4 style panel
 extra_methods = ["layercam", "layercam_fused"]  # shown beside the paper's four, not stored
-head_epochs = 2           # epochs of section 9's classifier with the authors' head (0 skips that section)
-head_slices = 64          # validation tumor slices on which section 9 compares the maps
+head_epochs = 2           # epochs of section 10's classifier with the authors' head (0 skips that section)
+head_slices = 64          # validation tumor slices on which section 10 compares the maps
 
 # %%
 import dataclasses
@@ -219,12 +219,52 @@ print({m: maps_panel[m].shape[1:] for m in maps_panel})
 cplots.cam_panel(x_np[:, 0], x_np[:, 1], gt, maps_panel, labels);
 
 # %% [markdown]
-# ## 8. Maps of every slice the classifier calls tumorous
+# ## 8. Where the maps sit: a displacement, measured by flipping
+#
+# Global average pooling makes the logit blind to *where* the evidence sits: moving every feature map $A_k$ by a
+# constant $d$ changes nothing the loss sees. A network trained long enough can therefore learn such a move, and
+# its maps then peak a cell or two beside the lesion, always on the same side (README: it is what looked like
+# "evidence drifting onto the lungs and the body outline"). The displacement can be measured **without a
+# single mask**. Flip a slice left-right: the lesion's evidence moves with the anatomy, the learned displacement
+# does not, so the map of the flipped slice, flipped back, is displaced by $(d_y, -d_x)$ instead of
+# $(d_y, d_x)$; its peak lies $2 d_x$ from the unflipped map's peak. Half the median difference over training
+# tumor slices (slice labels only) is $d_x$; an up-down flip gives $d_y$ (`cam.flip_displacement`). With
+# `cam_align = "flip"` every map is moved back by $d$ (`cam.shift_maps`, bilinear between cells) before
+# Algorithm 1 reads it, and the pointing score that picks the epoch (notebook 02) reads the corrected maps.
+# `classifier/best.pt` records the $d$ measured after its epoch.
+
+# %%
+shift = train.cam_shift(run)
+x_align = torch.from_numpy(store.read(diagnostics.tumor_slices(store, "train", cam.ALIGN_SLICES))[0])
+print(f"displacement of the maps (rows, cols) in pixels of {cfg.spacing_mm[1]:g} mm: {shift} recorded with the "
+      f"checkpoint, {cam.flip_displacement(model, x_align)} measured again here")
+
+# %% [markdown]
+# The panel slices: the CAM as the network gives it, the CAM of the left-right flipped slice flipped back
+# (displaced the other way), and the CAM moved back by $d$.
+
+# %%
+cam_raw = cam.compute_cams(model, x, "cam")
+cam_flipped = cam.compute_cams(model, x.flip(-1), "cam").flip(-1)
+cam_aligned = cam.normalize_maps(cam.shift_maps(cam_raw, shift, x.shape[-1]))
+cplots.cam_panel(x_np[:, 0], x_np[:, 1], gt, {"CAM": cam_raw.numpy(), "flipped, flipped back": cam_flipped.numpy(),
+                                              "CAM moved back by d": cam_aligned.numpy()}, labels);
+
+# %% [markdown]
+# On every validation tumor slice, the pointing game (notebook 02) before and after the correction:
+
+# %%
+pd.DataFrame({"as the network gives them": diagnostics.pointing_probe(store, "val")(model),
+              "moved back by d": diagnostics.pointing_probe(store, "val", align=True)(model)}).T.round(3)
+
+# %% [markdown]
+# ## 9. Maps of every slice the classifier calls tumorous
 #
 # Algorithm 1 (notebook 04) needs the maps of the val and test slices the classifier calls tumorous at the
 # lowest gate it may choose ($p \ge$ `min(cfg.gates)`), plus the truly tumorous ones for its diagnostics.
 # The package streams them from the slice store in batches and writes `cams/index.csv` plus one float16 array
-# per method, aligned with its rows. ScoreCAM is exact unless `scorecam_topk` > 0 (then the top-k channels
+# per method, aligned with its rows, every map moved back by the classifier's displacement $d$ (section 8).
+# ScoreCAM is exact unless `scorecam_topk` > 0 (then the top-k channels
 # by variance).
 
 # %% [markdown]
@@ -241,7 +281,7 @@ if cfg.scorecam_topk:
 # %%
 start = time.perf_counter()
 maps_all = cam.cams_for_slices(model, store, rows["position"].to_numpy(), cfg.cam_methods,
-                               batch_size=cfg.cam_batch, device=run.device, topk=cfg.scorecam_topk)
+                               batch_size=cfg.cam_batch, device=run.device, topk=cfg.scorecam_topk, shift=shift)
 elapsed = time.perf_counter() - start
 cam.save_cams(run.path("cams"), rows[["study_id", "slice", "split", "label", "prob"]], maps_all)
 print(f"{len(rows)} slices x {len(maps_all)} methods in {elapsed:.1f} s "
@@ -256,7 +296,7 @@ pd.DataFrame({"all lesions": peaks_all[list(cfg.cam_methods)].median(),
               "non-largest lesions of multi-lesion slices": second[list(cfg.cam_methods)].median()}).round(2)
 
 # %% [markdown]
-# ## 9. Where the paper's GradCAM gap can come from: the authors' head
+# ## 10. Where the paper's GradCAM gap can come from: the authors' head
 #
 # With GAP + one FC, GradCAM *is* ReLU(CAM) (section 3), yet the paper reports GradCAM far below CAM (Dice
 # 0.12 against 0.46). The authors' published code does not use the head the paper describes: it keeps
@@ -317,7 +357,7 @@ if head_epochs:
 # - ScoreCAM scores each masked slice by its tumor logit and softmaxes over channels; the softmax over a single
 #   logit gives uniform weights.
 # - With the authors' head (7x7 pool + FC stack, `cls_head="authors"`) classic CAM is undefined and GradCAM is no
-#   longer ReLU(CAM); on the demo it still agrees with GradCAM++ (section 9), so the head alone does not explain
+#   longer ReLU(CAM); on the demo it still agrees with GradCAM++ (section 10), so the head alone does not explain
 #   the paper's GradCAM gap. Its checkpoints: `classifier_authors/`.
 #
 # ## Exercises
@@ -382,4 +422,4 @@ print(f"{len(x)} panel slices, non-zero channels {nonzero} of {A.shape[1]}: exac
 # The cost is one masked forward pass per channel scored and slice, so top-8 saves about the ratio of the
 # non-zero channel count to 8 (the printed speed-up is smaller where fixed costs dominate a small batch). The maps
 # agree where the high-variance channels dominate the weighted sum; the printed $|\Delta|$ says how far apart they
-# are here (section 8 prints the same for the demo's `scorecam_topk`).
+# are here (section 9 prints the same for the demo's `scorecam_topk`).

@@ -338,3 +338,92 @@ def test_config_refuses_cam_with_the_authors_head() -> None:
     with pytest.raises(InputError, match="cam_methods.*needs cls_head 'gap_fc'"):
         get_config("demo", cls_head="authors")
     assert get_config("demo", cls_head="authors", cam_methods="gradcam,scorecam").cam_methods == ("gradcam", "scorecam")
+
+
+class ShiftedNet(nn.Module):
+    """A GAP + FC 'classifier' whose one feature map is the SUV moved by a known d: A(p) = SUV(p - d), stride 1."""
+
+    def __init__(self, dy: int, dx: int) -> None:
+        super().__init__()
+        self.scale = nn.Identity()
+        conv = nn.Conv2d(2, 1, 9, padding=4, bias=False)
+        with torch.no_grad():
+            conv.weight.zero_()
+            conv.weight[0, 0, 4 - dy, 4 - dx] = 1.0  # y(p) = x(p - d)
+        self.features = nn.Sequential(conv, nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(1, 1)
+        with torch.no_grad():
+            self.fc.weight.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.features(self.scale(x))).flatten(1))[:, 0]
+
+
+def _hot_spots(n: int, size: int = 32) -> tuple[torch.Tensor, np.ndarray]:
+    """n slices with one hot 3x3 spot each, at seeded places away from the border; their (row, col) centres."""
+    rng = np.random.default_rng(0)
+    centres = rng.integers(8, size - 8, (n, 2))
+    x = torch.zeros(n, 2, size, size)
+    for i, (r, c) in enumerate(centres):
+        x[i, 0, r - 1:r + 2, c - 1:c + 2] = 5.0
+        x[i, 0, r, c] = 6.0
+    return x, centres
+
+
+@pytest.mark.parametrize("d", [(0, 0), (2, -3), (-4, 1)])
+def test_flip_displacement_recovers_a_known_shift_and_shift_maps_undoes_it(d: tuple[int, int]) -> None:
+    net = ShiftedNet(*d)
+    x, centres = _hot_spots(9)
+    assert cam.flip_displacement(net, x) == (float(d[0]), float(d[1]))
+    maps = cam.compute_cams(net, x, "cam")
+    peaks = np.stack(np.unravel_index(maps.flatten(1).argmax(1).numpy(), maps.shape[1:]), 1)
+    assert (peaks == centres + np.array(d)).all()  # the map's peak sits d away from the spot
+    fixed = cam.shift_maps(maps, cam.flip_displacement(net, x), x.shape[-1])
+    peaks = np.stack(np.unravel_index(fixed.flatten(1).argmax(1).numpy(), fixed.shape[1:]), 1)
+    assert (peaks == centres).all()  # and back on it once undone
+
+
+def test_shift_maps_by_hand() -> None:
+    m = torch.zeros(1, 4, 4)
+    m[0, 1, 2] = 1.0
+    assert cam.shift_maps(m, (0.0, 0.0), 8) is m
+    # 8x8 slices on a 4x4 map: one cell is 2 pixels; out(p) = m(p + shift), so a shift of (+1, -1) cells moves the
+    # one bright cell from (1, 2) to (0, 3)
+    torch.testing.assert_close(cam.shift_maps(m, (2.0, -2.0), 8)[0, 0, 3], torch.tensor(1.0))
+    assert float(cam.shift_maps(m, (2.0, -2.0), 8).sum()) == pytest.approx(1.0)
+    half = cam.shift_maps(m, (0.0, 1.0), 8)[0]  # half a cell: bilinear, the value split between two cells
+    torch.testing.assert_close(half[1, 1:3], torch.tensor([0.5, 0.5]))
+
+
+def test_cams_for_slices_undoes_the_shift_and_renormalises() -> None:
+    net = ShiftedNet(2, -3)
+    x, centres = _hot_spots(4)
+
+    class Store:
+        def read(self, positions):
+            return x[positions].numpy(), None
+
+    plain = cam.cams_for_slices(net, Store(), np.arange(4), ["cam"])["cam"]
+    fixed = cam.cams_for_slices(net, Store(), np.arange(4), ["cam"], shift=(2.0, -3.0))["cam"]
+    for i, (r, c) in enumerate(centres):
+        assert plain[i, r + 2, c - 3] == 1.0 and fixed[i, r, c] == 1.0 and fixed[i].min() == 0.0
+
+
+def test_pointing_probe_with_align_scores_the_undone_maps() -> None:
+    from wsseg_nb import diagnostics
+
+    net = ShiftedNet(2, -3)
+    x, centres = _hot_spots(8)
+    masks = (x[:, 0] > 0).numpy().astype(np.uint8)
+
+    class Store:
+        index = pd.DataFrame({"split": ["train"] * 4 + ["val"] * 4, "label": 1})
+
+        def read(self, positions):
+            return x[positions].numpy(), masks[positions]
+
+    raw = diagnostics.pointing_probe(Store(), "val")(net)
+    aligned = diagnostics.pointing_probe(Store(), "val", align=True)(net)
+    assert raw["pointing"] == 0.0 and "cam_shift_y" not in raw  # 2 and 3 pixels off a 3x3 spot
+    assert aligned["pointing"] == 1.0 and (aligned["cam_shift_y"], aligned["cam_shift_x"]) == (2.0, -3.0)

@@ -66,6 +66,33 @@ def test_near_negatives_and_sampler_mix():
         train.BalancedSampler(index["label"].to_numpy(), torch.Generator(), near, 1.5)
 
 
+def test_level_matched_weights_by_hand():
+    # two studies of 10 slices, levels 0, 1/9, ..., 1; two bins: slices 0-4 and 5-9; tumor slices a1, a2, a7
+    index = pd.DataFrame({"study_id": ["a"] * 10 + ["b"] * 10, "slice": list(range(10)) * 2,
+                          "label": [0, 1, 1, 0, 0, 0, 0, 1, 0, 0] + [0] * 10, "split": "train"})
+
+    class Store:
+        pass
+
+    class Data:
+        store, positions = Store(), np.arange(20)
+
+    Data.store.index = index
+    w = train.level_matched_weights(Data, bins=2, uniform_share=0.25)
+    tumor = index["label"].to_numpy() > 0
+    low = (index["slice"] < 5).to_numpy()
+    assert (w[tumor] == 0).all() and w.sum() == pytest.approx(1.0)
+    # tumor share per bin 2/3, 1/3 over 8 and 9 tumor-free slices, mixed 3:1 with 1/17 each
+    assert w[~tumor & low] == pytest.approx(0.75 * (2 / 3) / 8 + 0.25 / 17)
+    assert w[~tumor & ~low] == pytest.approx(0.75 * (1 / 3) / 9 + 0.25 / 17)
+    import torch
+    only = np.where(np.arange(20) == 4, 1.0, 0.0)  # all the weight on one tumor-free slice
+    drawn = list(train.BalancedSampler(index["label"].to_numpy(), torch.Generator().manual_seed(0), weights=only))
+    assert sorted(drawn) == [1, 2, 4, 4, 4, 7]  # drawn with replacement, as many as there are tumor slices
+    with pytest.raises(ValueError, match="positive sum"):
+        train.BalancedSampler(index["label"].to_numpy(), torch.Generator(), weights=np.where(tumor, 1.0, 0.0))
+
+
 def test_uptake_scale_by_hand():
     background, excess, noise = np.array([1.0, 2.0]), np.array([1.0, 0.5]), np.zeros(2)
     # measured(k) = max(1 + k, 2 + 0.5 k) = 5 at k = 4

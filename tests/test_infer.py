@@ -82,7 +82,8 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> dict:
     store = slices.SliceStore(run.store)
     model = _suv_classifier(config, store)
     (run_dir / "classifier").mkdir()
-    torch.save({"model": model.state_dict()}, run_dir / "classifier" / "best.pt")
+    torch.save({"model": model.state_dict(), "metrics": {"val_cam_shift_y": 1.5, "val_cam_shift_x": -2.0}},
+               run_dir / "classifier" / "best.pt")  # a displacement notebook 02 measured: the maps move back by it
     torch.save({"model": _unet(config, store).state_dict(), "metrics": {"val_threshold": UNET_P}},
                run.path("unet", "best.pt"))  # the operating threshold notebook 05 tuned on validation
     # notebook 02: predictions; 03: maps of the gated slices; 04: gate and (t, q) tuned, masks
@@ -91,8 +92,9 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> dict:
     gates = _midpoint_gates(predictions["prob"].to_numpy(), (0.3, 0.6))
     methods = ("cam", "gradcampp")
     rows = cam.gated_rows(predictions, store.index, min(gates), tumor_slices=True)
+    assert train.cam_shift(run) == (1.5, -2.0)
     maps = cam.cams_for_slices(model, store, rows["position"].to_numpy(), methods, config.cam_batch, "cpu",
-                               config.scorecam_topk)
+                               config.scorecam_topk, train.cam_shift(run))
     cam.save_cams(run.path("cams"), rows[["study_id", "slice", "split", "label", "prob"]], maps)
     data = segment.load_gated(run_dir, ("val", "test"))
     cams = {m: segment.load_cams(run_dir, m, data.rows) for m in methods}

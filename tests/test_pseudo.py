@@ -22,7 +22,7 @@ def run(tiny_store) -> runs.Run:
     """The tiny store (two train studies, one val), a demo config at its size and notebook 04's t, q for CAM."""
     config = get_config("demo", device="cpu", slice_size=SIZE, spacing_mm=SPACING, cam_unet_method="cam",
                         cam_unet_epochs=1, unet_width=1 / 16, unet_batch=4, cam_batch=8, workers=1,
-                        unet_sampling="all")
+                        unet_sampling="all", cam_align="none")
     out = runs.Run(config, tiny_store.parent, torch.device("cpu"))
     (out.dir / "segment").mkdir()
     (out.dir / "segment" / "thresholds.json").write_text(json.dumps({"gate": 0.5, "cam": {"t": T, "q": Q}}))

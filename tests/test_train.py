@@ -327,3 +327,19 @@ def test_head_on_frozen_features_trains_only_the_head(tiny_store) -> None:
     for (name, a), b in zip(trained.features.state_dict().items(), source.features.state_dict().values()):
         assert torch.equal(a, b), name  # the conv stack is the source's, untouched by training
     assert not torch.equal(trained.fc[0].weight, initial.fc[0].weight)  # the head did train
+
+
+def test_cam_shift_reads_the_checkpoint_and_refuses_one_without(tmp_path: Path) -> None:
+    from wsseg_nb import runs
+    from wsseg_nb.config import get_config
+
+    run = runs.Run(get_config("demo", device="cpu"), tmp_path, torch.device("cpu"))
+    with pytest.raises(FileNotFoundError, match="train first"):
+        train.cam_shift(run)
+    (tmp_path / "classifier").mkdir()
+    torch.save({"metrics": {"val_cam_shift_y": 4.5, "val_cam_shift_x": -12.5}}, tmp_path / "classifier" / "best.pt")
+    assert train.cam_shift(run) == (4.5, -12.5)
+    torch.save({"metrics": {"val_auc": 0.9}}, tmp_path / "classifier" / "best.pt")
+    with pytest.raises(ValueError, match="cam_align 'none'"):
+        train.cam_shift(run)
+    assert train.cam_shift(runs.Run(get_config("demo", device="cpu", cam_align="none"), tmp_path, torch.device("cpu"))) == (0.0, 0.0)

@@ -241,11 +241,58 @@ def compute_cams(model: nn.Module, x: Tensor, method: str, *,
     return torch.cat(chunks)
 
 
+ALIGN_SLICES = 256
+"""Slices used to estimate a classifier's map displacement (`flip_displacement`)."""
+
+
+def _peaks(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """(row, col) in input pixels of each map's maximum after bilinear upsampling to `size`: (n, h, w) -> (n, 2)."""
+    up = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0].flatten(1)
+    k = up.argmax(1)
+    return torch.stack([k // size[1], k % size[1]], 1).double()
+
+
+def flip_displacement(model: nn.Module, x: Tensor, batch_size: int = 128) -> tuple[float, float]:
+    """How far (rows, cols; input pixels) a classifier's maps sit from the evidence, measured without masks.
+
+    GAP is blind to where the evidence sits, so a network may learn to displace its feature maps by a constant d.
+    The map of a flipped slice, flipped back, is then displaced by d mirrored: its peak lies 2 d_x (left-right
+    flip) or 2 d_y (up-down flip) from the peak of the unflipped map. d is half the median of those differences
+    over the slices x; `shift_maps(maps, d, S)` undoes it. CAM of GAP + FC heads, GradCAM of the others.
+    """
+    method = "cam" if has_gap_fc(model) else "gradcam"
+    size = tuple(x.shape[-2:])
+    with eval_mode(model):
+        peaks = [_peaks(torch.cat([compute_cams(model, xb.flip(dims), method, batch_size=batch_size).flip(dims)
+                                   if dims else compute_cams(model, xb, method, batch_size=batch_size)
+                                   for xb in x.split(batch_size)]), size)
+                 for dims in ((), (-2,), (-1,))]
+    return (float((peaks[0][:, 0] - peaks[1][:, 0]).median()) / 2,
+            float((peaks[0][:, 1] - peaks[2][:, 1]).median()) / 2)
+
+
+def shift_maps(maps: Tensor, shift: Sequence[float], size: int) -> Tensor:
+    """Maps (n, h, w) of S x S slices moved back by `shift` (rows, cols; input pixels): out(p) = maps(p + shift).
+
+    Bilinear between cells, edge cells repeated beyond the border; shift (0, 0) returns `maps` itself.
+    """
+    if not any(shift):
+        return maps
+    n, h, w = maps.shape
+    theta = torch.tensor([[1.0, 0.0, 2.0 * shift[1] / size], [0.0, 1.0, 2.0 * shift[0] / size]],
+                         dtype=torch.float32, device=maps.device).expand(n, 2, 3)
+    grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
+    return F.grid_sample(maps[:, None].float(), grid, mode="bilinear", padding_mode="border",
+                         align_corners=False)[:, 0].to(maps.dtype)
+
+
 def cams_for_slices(model: nn.Module, store: Any, positions: Sequence[int] | np.ndarray, methods: Sequence[str],
-                    batch_size: int = 64, device: torch.device | str = "cpu", topk: int = 0) -> dict[str, np.ndarray]:
+                    batch_size: int = 64, device: torch.device | str = "cpu", topk: int = 0,
+                    shift: Sequence[float] = (0.0, 0.0)) -> dict[str, np.ndarray]:
     """{method: float16 (n,h,w)} for store index rows `positions`, streamed from the SliceStore (notebook 03).
 
     The model is moved to `device`. An empty `positions` gives (0,h,w) arrays (shape probed on the first slice).
+    A non-zero `shift` (the classifier's `flip_displacement`) is undone on every map, which is then re-normalised.
     """
     positions = np.asarray(positions, dtype=np.int64)
     model.to(device)
@@ -256,7 +303,10 @@ def cams_for_slices(model: nn.Module, store: Any, positions: Sequence[int] | np.
         chunk = positions[start:start + batch_size] if n else np.zeros(1, dtype=np.int64)
         x = torch.from_numpy(np.ascontiguousarray(store.read(chunk)[0])).to(device)
         for method in methods:
-            maps = compute_cams(model, x, method, topk=topk, batch_size=batch_size).cpu().numpy()
+            maps = compute_cams(model, x, method, topk=topk, batch_size=batch_size)
+            if any(shift):
+                maps = normalize_maps(shift_maps(maps, shift, x.shape[-1]))
+            maps = maps.cpu().numpy()
             if method not in out:
                 out[method] = np.empty((n, *maps.shape[1:]), dtype=np.float16)
             if n:

@@ -54,6 +54,11 @@ class Config:
                                   "slice plus as many tumor-free ones, drawn afresh each epoch)")
     cls_near_negatives: float = _p(0.0, "share of a balanced epoch's tumor-free slices drawn near a tumor slice of "
                                         "the same study (train.NEAR_SLICES); 0 = all uniformly")
+    cls_negative_levels: str = _p("any", "Sec. 2.3.3: every slice as it comes; 'matched': a balanced epoch's other "
+                                         "tumor-free slices drawn at the tumor slices' body levels "
+                                         "(train.level_matched_weights), so the level tells nothing")
+    cam_align: str = _p("none", "Sec. 2.2.1: maps as the network gives them; 'flip': the maps' displacement, measured "
+                                "without masks by flipping training tumor slices (cam.flip_displacement), undone")
     cls_ct_dropout: float = _p(0.0, "Sec. 2.2.1: PET and CT always both given; share of training slices whose CT "
                                     "channel is blanked to water (augment.drop_ct), so the evidence must be in the PET")
     cls_select: str = _p("val_auc", "Sec. 2.3.3: the epoch kept (best.pt) by validation ROC AUC")
@@ -134,6 +139,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "unet_threshold_grid": (0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
     "cam_unet_method": "cam",
     "cam_unet_epochs": 0,
+    "cam_align": "flip",
 }
 """Demo profile: smaller cohort, coarser grid, narrower nets, fewer epochs; same code paths (laptop CPU).
 
@@ -221,6 +227,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "pretrained": ("none", "auto", "true"),
     "cls_optimizer": ("sgd", "adam"),
     "cls_sampling": SAMPLINGS,
+    "cls_negative_levels": ("any", "matched"),
+    "cam_align": ("none", "flip"),
     "gate": ("fixed", "tuned"),
     "cls_schedule": ("constant", "cosine"),
     "unet_schedule": ("constant", "cosine"),

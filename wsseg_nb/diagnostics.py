@@ -102,22 +102,41 @@ def cam_maps(model: nn.Module, x: torch.Tensor, batch: int = 128) -> np.ndarray:
         return torch.cat([classic_cam(model, xb.to(device)).cpu() for xb in x.split(batch)]).numpy()
 
 
-def pointing_probe(store, split: str = "val", batch: int = 128) -> Callable[[nn.Module], dict[str, float]]:
+def tumor_slices(store, split: str, limit: int | None = None, seed: int = 0) -> np.ndarray:
+    """Store rows of `split`'s tumor slices (slice labels only); at most `limit` of them, a seeded sorted choice."""
+    rows = np.flatnonzero(((store.index["split"] == split) & (store.index["label"] > 0)).to_numpy())
+    if limit is not None and len(rows) > limit:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
+    return rows
+
+
+def pointing_probe(store, split: str = "val", batch: int = 128,
+                   align: bool = False) -> Callable[[nn.Module], dict[str, float]]:
     """A `train.fit` probe: pointing, pointing_visible and cell_auc on `split`'s tumor slices of a SliceStore.
 
-    The tumor slices are read once; each call runs one forward per batch in eval mode (BatchNorm frozen).
+    The tumor slices are read once; each call runs one forward per batch in eval mode (BatchNorm frozen). With
+    `align`, the maps' displacement is measured on training tumor slices (`cam.flip_displacement`, no masks),
+    undone before scoring and returned as cam_shift_y / cam_shift_x (input pixels).
     """
-    rows = np.flatnonzero(((store.index["split"] == split) & (store.index["label"] > 0)).to_numpy())
+    from .cam import ALIGN_SLICES
+
+    rows = tumor_slices(store, split)
     x, masks = store.read(rows)
     suvmax = lesion_suvmax(x[:, 0], masks)
     x = torch.from_numpy(x)
+    x_align = torch.from_numpy(store.read(tumor_slices(store, "train", ALIGN_SLICES))[0]) if align else None
 
     def probe(model: nn.Module) -> dict[str, float]:
-        from .cam import eval_mode
+        from .cam import eval_mode, flip_displacement, shift_maps
 
+        shift = {}
         with eval_mode(model):
             maps = cam_maps(model, x, batch)
-        return {**pointing(peak_in_lesion(maps, masks), suvmax), "cell_auc": cell_auc(maps, masks)}
+            if x_align is not None:
+                dy, dx = flip_displacement(model, x_align, batch)
+                maps = shift_maps(torch.from_numpy(maps), (dy, dx), x.shape[-1]).numpy()
+                shift = {"cam_shift_y": dy, "cam_shift_x": dx}
+        return {**pointing(peak_in_lesion(maps, masks), suvmax), "cell_auc": cell_auc(maps, masks), **shift}
 
     return probe
 

@@ -237,7 +237,7 @@ def store_mask(run: Any, prepared: Prepared, method: str, params: dict[str, Any]
     mask = np.zeros((len(prepared.x), *prepared.x.shape[-2:]), dtype=bool)
     if len(called):
         maps = cam.cams_for_slices(model, prepared, called, [method], batch_size=c.cam_batch, device=run.device,
-                                   topk=c.scorecam_topk)[method]  # float16, as notebook 03 stores them
+                                   topk=c.scorecam_topk, shift=train.cam_shift(run))[method]  # float16, as nb 03
         mask[called] = algorithm1(maps.astype(np.float32), prepared.x[called, 0], params["t"], params["q"])
     return mask, {**params, "slices_called": int(len(called)), "slices": int(len(prepared.x))}
 

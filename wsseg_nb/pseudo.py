@@ -61,7 +61,7 @@ def write_pseudo_labels(run: Run, model: Any) -> pd.DataFrame:
 
     from .cam import _save_npy_atomic, cams_for_slices
     from .segment import algorithm1, read_gate, study_dice
-    from .train import predict_logits
+    from .train import cam_shift, predict_logits
 
     c = run.config
     params = _tuned(run.dir, c.cam_unet_method)
@@ -79,7 +79,7 @@ def write_pseudo_labels(run: Run, model: Any) -> pd.DataFrame:
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(positions), c.slice_size, c.slice_size))
     inter, pred = np.zeros(len(positions), np.int64), np.zeros(len(positions), np.int64)
     maps = cams_for_slices(model, store, positions[called], [c.cam_unet_method], c.cam_batch, run.device,
-                           c.scorecam_topk)[c.cam_unet_method]
+                           c.scorecam_topk, cam_shift(run))[c.cam_unet_method]
     for start in progress(range(0, len(called), CHUNK), desc="pseudo-labels", unit="chunk"):
         items = called[start:start + CHUNK]
         x, truth = store.read(positions[items])

@@ -189,10 +189,12 @@ class BalancedSampler(Sampler[int]):
 
     A share `pool_fraction` of the tumor-free slices is drawn from `pool`, e.g. tumor-free slices close to a
     tumor slice of the same study (`near_negatives`): at the lesions' body level the slice's position tells nothing.
+    The rest are drawn without replacement, or with replacement in proportion to `weights` (per dataset item, e.g.
+    `level_matched_weights`).
     """
 
     def __init__(self, labels: np.ndarray, generator: torch.Generator, pool: np.ndarray | None = None,
-                 pool_fraction: float = 0.0) -> None:
+                 pool_fraction: float = 0.0, weights: np.ndarray | None = None) -> None:
         labels = np.asarray(labels) > 0
         self.pos = torch.from_numpy(np.flatnonzero(labels))
         self.neg = torch.from_numpy(np.flatnonzero(~labels))
@@ -207,6 +209,9 @@ class BalancedSampler(Sampler[int]):
         self.n = min(len(self.pos), len(self.neg))
         self.n_pool = int(round(pool_fraction * self.n))
         self.generator = generator
+        self.weights = None if weights is None else torch.as_tensor(np.asarray(weights, np.float64)[self.neg.numpy()])
+        if self.weights is not None and not ((self.weights >= 0).all() and self.weights.sum() > 0):
+            raise ValueError("negative weights must be >= 0 with a positive sum over the tumor-free slices")
 
     def __len__(self) -> int:
         return 2 * self.n
@@ -214,7 +219,10 @@ class BalancedSampler(Sampler[int]):
     def __iter__(self):
         g = self.generator
         pos = self.pos[torch.randperm(len(self.pos), generator=g)[:self.n]]
-        neg = self.neg[torch.randperm(len(self.neg), generator=g)[:self.n - self.n_pool]]
+        if self.weights is None:
+            neg = self.neg[torch.randperm(len(self.neg), generator=g)[:self.n - self.n_pool]]
+        else:  # with replacement, so that a rare body level can be drawn as often as its tumor slices ask
+            neg = self.neg[torch.multinomial(self.weights, self.n - self.n_pool, replacement=True, generator=g)]
         extra = self.pool[torch.randint(len(self.pool), (self.n_pool,), generator=g)] if self.n_pool else neg[:0]
         both = torch.cat([pos, neg, extra])
         return iter(both[torch.randperm(len(both), generator=g)].tolist())
@@ -237,8 +245,31 @@ def near_negatives(dataset: Dataset, distance: int = NEAR_SLICES) -> np.ndarray:
     return np.flatnonzero(near & ~tumor)
 
 
+LEVEL_BINS = 20
+"""Body-level bins for level matching (as `diagnostics.level_auc`)."""
+LEVEL_UNIFORM_SHARE = 0.1
+"""Share of the level-matched draw spread evenly over the tumor-free slices, so every level (brain, bladder) is seen."""
+
+
+def level_matched_weights(dataset: Dataset, bins: int = LEVEL_BINS,
+                          uniform_share: float = LEVEL_UNIFORM_SHARE) -> np.ndarray:
+    """Draw weights of the tumor-free items (0 for tumor items) under which their body level follows the tumor
+    slices' (`diagnostics.relative_level` in `bins` bins), mixed with a uniform draw of share `uniform_share`."""
+    from .diagnostics import relative_level
+
+    index = dataset.store.index.iloc[dataset.positions]
+    level = np.minimum((relative_level(index) * bins).astype(int), bins - 1)
+    tumor = index["label"].to_numpy() > 0
+    neg_counts = np.bincount(level[~tumor], minlength=bins).astype(float)
+    pos_share = np.bincount(level[tumor], minlength=bins) / max(tumor.sum(), 1)
+    per_bin = np.divide(pos_share, neg_counts, out=np.zeros(bins), where=neg_counts > 0)
+    weights = (1.0 - uniform_share) * per_bin[level] + uniform_share / max((~tumor).sum(), 1)
+    return np.where(tumor, 0.0, weights)
+
+
 def _loader(dataset: Dataset, batch: int, workers: int, device: torch.device,
-            generator: torch.Generator | None = None, sampling: str = "all", pool_fraction: float = 0.0) -> DataLoader:
+            generator: torch.Generator | None = None, sampling: str = "all", pool_fraction: float = 0.0,
+            level_matched: bool = False) -> DataLoader:
     """A DataLoader streaming from the slice store (shuffled with `generator` when given; `sampling` as in `fit`)."""
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
@@ -246,7 +277,8 @@ def _loader(dataset: Dataset, batch: int, workers: int, device: torch.device,
         sampler = None
     elif sampling == "balanced":
         pool = near_negatives(dataset) if pool_fraction > 0 else None
-        sampler = BalancedSampler(dataset.labels, generator, pool, pool_fraction)
+        weights = level_matched_weights(dataset) if level_matched else None
+        sampler = BalancedSampler(dataset.labels, generator, pool, pool_fraction, weights)
     else:
         sampler = RandomSampler(dataset, generator=generator)
     # the generator drives only the sampler: the DataLoader draws worker base seeds from it once per fresh
@@ -280,8 +312,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
         device: torch.device, workers: int = 0, engine: str = "torch", sampling: str = "all",
         pool_fraction: float = 0.0, probe: Callable[[torch.nn.Module], dict[str, float]] | None = None,
         select: str | None = None, schedule: str = "constant", warmup_epochs: float = 0.0,
-        thresholds: Sequence[float] = (0.5,), ct_dropout: float = 0.0, hparams: dict[str, Any] | None = None,
-        resume: bool = True) -> pd.DataFrame:
+        thresholds: Sequence[float] = (0.5,), ct_dropout: float = 0.0, level_matched: bool = False,
+        hparams: dict[str, Any] | None = None, resume: bool = True) -> pd.DataFrame:
     """Train with augmentation; per epoch validate, write last.pt (atomic), best.pt and history.csv; resume from last.pt.
 
     An epoch visits every training slice (`sampling="all"`), or every tumor slice plus as many tumor-free ones
@@ -293,7 +325,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
     `val_`). Best = highest `select` (a row column, or columns joined by '*': their product), by default
     validation AUC (classifier) or pooled Dice (U-Net). Shuffling and augmentation are seeded per epoch, so a
     resumed run ends with the same weights as an uninterrupted one (notebooks 02, 05). `ct_dropout` is the share
-    of training slices whose CT channel is blanked after augmentation (`augment.drop_ct`).
+    of training slices whose CT channel is blanked after augmentation (`augment.drop_ct`). `level_matched` draws a
+    balanced epoch's other tumor-free slices at the tumor slices' body levels (`level_matched_weights`).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -305,6 +338,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
                "schedule": schedule, "warmup_epochs": warmup_epochs, "thresholds": [float(p) for p in thresholds]}
     if ct_dropout > 0:  # only when used, so that checkpoints written before the option still resume
         hparams["ct_dropout"] = ct_dropout
+    if level_matched:
+        hparams["level_matched"] = True
     if schedule == "cosine":  # the decay depends on the total: a longer resumed run would change past epochs' lr
         hparams["epochs"] = epochs
     model.to(device, memory_format=torch.channels_last)
@@ -327,7 +362,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
     for group, base in zip(optimizer.param_groups, base_lrs):
         group["initial_lr"] = base  # kept in the optimizer state, so a resumed run scales the same base
     generator = torch.Generator()
-    train_loader = _loader(train_set, batch, workers, device, generator, sampling, pool_fraction)
+    train_loader = _loader(train_set, batch, workers, device, generator, sampling, pool_fraction, level_matched)
     val_loader = _loader(val_set, batch, workers, device)
     for epoch in range(start, epochs):
         generator.manual_seed(_epoch_seed(seed, epoch))
@@ -426,14 +461,17 @@ def train_classifier(run: Run, resume: bool = True, folder: str = "classifier",
     optimizer = classifier_optimizer(model, c)
     hparams = {"width": c.vgg_width, "pretrained": c.pretrained, "norm": c.vgg_norm, "stride": c.vgg_stride,
                "init": c.vgg_init, **({"head": c.cls_head} if c.cls_head != "gap_fc" else {}),
+               **({"cam_align": c.cam_align} if c.cam_align != "none" else {}),
                "optimizer": c.cls_optimizer, "lr": c.cls_lr, "momentum": c.cls_momentum, "slice_size": c.slice_size,
                **({"features": "frozen copy"} if features_from is not None else {})}
     return fit(model, optimizer, train_set, val_set, kind="classifier", out_dir=run.dir / folder,
                epochs=c.cls_epochs, batch=c.cls_batch, pos_weight=c.cls_pos_weight, seed=c.seed,
                device=run.device, workers=c.workers, engine=c.augment_engine, sampling=c.cls_sampling,
-               pool_fraction=c.cls_near_negatives, probe=pointing_probe(val_set.store, "val"),
+               pool_fraction=c.cls_near_negatives,
+               probe=pointing_probe(val_set.store, "val", align=c.cam_align == "flip"),
                select=c.cls_select, schedule=c.cls_schedule, warmup_epochs=c.cls_warmup_epochs,
-               ct_dropout=c.cls_ct_dropout, hparams=hparams, resume=resume)
+               ct_dropout=c.cls_ct_dropout, level_matched=c.cls_negative_levels == "matched", hparams=hparams,
+               resume=resume)
 
 
 LSUV_SLICES = 64
@@ -486,6 +524,21 @@ def load_classifier(run: Run, checkpoint: str = "best", folder: str = "classifie
     """The trained classifier from run_dir/<folder>/<checkpoint>.pt, in eval mode on the run's device."""
     model = classifier_model(run.config, "none")
     return _load(model, run.dir / folder / f"{checkpoint}.pt", run.device)
+
+
+def cam_shift(run: Run, checkpoint: str = "best", folder: str = "classifier") -> tuple[float, float]:
+    """The displacement (rows, cols; input pixels) of a checkpoint's maps that the chain undoes (`cam.shift_maps`):
+    measured after its epoch with cam_align 'flip' (`cam.flip_displacement`), (0, 0) without."""
+    if run.config.cam_align == "none":
+        return 0.0, 0.0
+    path = run.dir / folder / f"{checkpoint}.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint {path}: train first (notebook 02)")
+    metrics = torch.load(path, map_location="cpu", weights_only=False)["metrics"]
+    if "val_cam_shift_y" not in metrics:
+        raise ValueError(f"{path}: no map displacement recorded (trained with cam_align 'none'); retrain or set "
+                         f"cam_align 'none'")
+    return float(metrics["val_cam_shift_y"]), float(metrics["val_cam_shift_x"])
 
 
 def load_unet(run: Run, checkpoint: str = "best", folder: str = "unet") -> UNet:
