@@ -162,3 +162,16 @@ def test_peak_cell_means_reads_the_inputs_under_the_maps_maximum():
     assert diagnostics.peak_cell_means(maps, x).tolist() == [[7.5, 40.0], [0.0, -1000.0]]
     with pytest.raises(ValueError, match="multiple"):
         diagnostics.peak_cell_means(np.zeros((1, 3, 3)), np.zeros((1, 2, 8, 8)))
+
+
+def test_peak_offset_by_hand():
+    masks = np.zeros((3, 8, 8), np.uint8)
+    masks[0, 0:2, 0:2] = 1  # lesion in cell (0, 0) of a 4x4 map of 2-pixel cells
+    masks[1, 6:8, 2:4] = 1  # cell (3, 1)
+    maps = np.zeros((3, 4, 4), np.float32)
+    maps[0, 1, 2] = 1.0  # peak one row down, two columns right of the lesion cell
+    maps[1, 3, 1] = 1.0  # on it
+    maps[2, 0, 0] = 1.0  # no lesion in slice 2
+    got = diagnostics.peak_offset(maps, masks)
+    assert got[:2].tolist() == [[1, 2], [0, 0]] and got[2, 0] >= 10 ** 6
+    assert (diagnostics.peak_in_lesion(maps, masks)[:2] == (np.abs(got[:2]).max(1) == 0)).all()

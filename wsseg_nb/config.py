@@ -217,7 +217,16 @@ same store). Without it seed 1's CAM peak left the lesions as its val AUC rose (
 kept epoch 15: AUC 0.92, visible 0.87), but seed 0 drifts instead (visible 0.10-0.31 from epoch 3; kept epoch 1:
 AUC 0.73, visible 0.49; its last epoch's peak cells 47 % air, so the PET alone carries the drift too) and seed 2
 stays on ln 2 for 16 epochs (AUC <= 0.71, pointing ~0): one seed better, two worse. At 0.25 seed 0 drifts too
-(visible 0.61 at epoch 5, 0.16 at epoch 8; 0.57 there without dropout)."""
+(visible 0.61 at epoch 5, 0.16 at epoch 8; 0.57 there without dropout).
+
+cam_align 'flip' (session 9, `python -m benchmarks.align_probe`, validation tumor slices): the "drift" of the
+plain recipe is a displacement. Seed 1 at epoch 16 (val AUC 0.96, visible pointing 0.04) has its CAM peak one
+row down and one or two columns left of the lesion cell on 169 of 272 slices; the flip estimate, from training
+tumor slices without masks, is d = (4.5, -12.5) pixels, and with the maps moved back by d visible pointing is
+0.87 (its epoch 5: d = (0, -0.5), 0.88 -> 0.89). Seed 0 with cls_ct_dropout 0.25, epoch 8: d = (-4, -8),
+visible 0.16 -> 0.85. Where a recipe points badly for other reasons it helps less: level-matched negatives
+(cls_negative_levels 'matched', seed 0, epoch 6: visible 0.03, peak cells 35 % air) 0.03 -> 0.23; BatchNorm
+(seed 0, epoch 3) 0.00 -> 0.13; seed 2 on ln 2 (epoch 16) 0.00 -> 0.30."""
 
 PROFILES: dict[str, dict[str, Any]] = {"paper": {}, "demo": DEMO_OVERRIDES}
 

@@ -32,6 +32,22 @@ def peak_in_lesion(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return cells[np.arange(len(maps)), maps.reshape(len(maps), -1).argmax(axis=1)]
 
 
+def peak_offset(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """(rows, cols) in cells from the nearest lesion cell (Chebyshev) to the map's maximum cell: (n, 2) ints,
+    (0, 0) where pointing hits; slices without lesion get a large sentinel. A constant offset is a displacement."""
+    maps = np.asarray(maps, dtype=np.float32)
+    n, h, w = maps.shape
+    cells = lesion_cells(masks, w).reshape(n, h, w)
+    out = np.full((n, 2), 10 ** 6, dtype=np.int64)
+    for i, k in enumerate(maps.reshape(n, -1).argmax(axis=1)):
+        rows, cols = np.nonzero(cells[i])
+        if len(rows):
+            dy, dx = k // w - rows, k % w - cols
+            j = np.argmin(np.maximum(np.abs(dy), np.abs(dx)))
+            out[i] = dy[j], dx[j]
+    return out
+
+
 def peak_cell_means(maps: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Mean of each input channel over the map's maximum cell: (n, h, w), raw (n, C, S, S) -> (n, C), e.g. [SUV, HU].
 
