@@ -187,6 +187,9 @@ slices at p >= 0.5 and 0.95 won, so 0.5 was left out to map fewer slices (1,603 
 (kept epoch 7, AVX2 fp32) calls 335 val slices at 0.5 (precision 0.53) and 144 at 0.7 (0.70), and 0.5 wins on
 validation: median Dice CAM 0.34 / GradCAM++ 0.34 at 0.5 against 0.25 / 0.25 at 0.7, with 0.30-0.32 at 0.4 and
 0.6 (gates 0.3-0.9 searched with t and q). The lowest gate on the grid was then its best, so 0.5 is back.
+Session 9's classifier (cam_align 'flip', kept epoch 11; p >= 0.5 calls 511 val slices, precision 0.48) tunes to
+0.98 (169 slices, precision 0.85; val Dice 0.37-0.38 against 0.30-0.32 at 0.5), with t 0.1 and q 99 at the
+corner of the (t, q) grid.
 
 U-Net (session 4, bf16, seed 0, validation): 10 epochs left it under-trained (per-study median Dice 0.14, false
 positives on the brain, bladder and kidneys: 382 ml per study). 24 epochs at the constant lr: best epoch by pooled
