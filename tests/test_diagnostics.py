@@ -175,3 +175,28 @@ def test_peak_offset_by_hand():
     got = diagnostics.peak_offset(maps, masks)
     assert got[:2].tolist() == [[1, 2], [0, 0]] and got[2, 0] >= 10 ** 6
     assert (diagnostics.peak_in_lesion(maps, masks)[:2] == (np.abs(got[:2]).max(1) == 0)).all()
+
+
+def test_oracle_threshold_mask_by_hand():
+    suv = np.array([0, 1, 5, 10, 4, 0, 20, 0, 0.5, 2, 1, 0], np.float32).reshape(1, 1, 12)
+    truth = np.zeros(suv.shape, np.uint8)
+    truth[..., 2:5] = 1         # lesion A, SUVmax 10
+    truth[..., 9] = 1           # lesion B, SUVmax 2; the SUV 20 at voxel 6 lies outside both margins
+    def kept(fraction, margin):
+        return np.flatnonzero(diagnostics.oracle_threshold_mask(suv, truth, fraction, margin)).tolist()
+    assert kept(0.4, 1) == [2, 3, 4, 9, 10]      # A: SUV >= 4 within 1..5; B: SUV >= 0.8 within 8..10
+    assert kept(0.5, 1) == [2, 3, 9, 10]         # A: >= 5; B: >= 1
+    assert kept(0.4, 0) == [2, 3, 4, 9]          # no margin: the truth itself, all above 40% of its peak
+    assert kept(0.4, 2) == [3, 6]                # margin 2 merges A, voxel 6 and B into one region of peak 20
+    with pytest.raises(ValueError, match="fraction"):
+        diagnostics.oracle_threshold_mask(suv, truth, 0.0)
+
+
+def test_oracle_threshold_dice_is_one_on_the_truth(tiny_store):
+    from wsseg_nb import slices
+
+    store = slices.SliceStore(tiny_store)
+    table = diagnostics.oracle_threshold_dice(store, "train", [1e-6, 0.4], margin=0)
+    assert table["study_id"].tolist() == ["S0", "S1"] and (table["truth_ml"] > 0).all()
+    assert np.allclose(table[1e-6], 1.0)         # every lesion voxel has positive SUV: the whole truth is kept
+    assert ((table[0.4] > 0) & (table[0.4] <= 1)).all()

@@ -229,6 +229,41 @@ def algorithm1_ceiling(data, cells: int, q_grid: Sequence[float]) -> float:
                            oracle.gt_total, [0.5], q_grid, desc="ceiling").dice
 
 
+def oracle_threshold_mask(suv: np.ndarray, truth: np.ndarray, fraction: float, margin: int = 2) -> np.ndarray:
+    """SUV >= `fraction` x the local SUVmax inside each region of the truth dilated by `margin` voxels (26-conn.).
+
+    Localization is given (the oracle), delineation is the PET's own: what the image allows a segmenter.
+    """
+    from scipy import ndimage
+
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
+    cube = np.ones((3, 3, 3), bool)
+    near = ndimage.binary_dilation(truth > 0, cube, iterations=margin) if margin else truth > 0
+    regions, n = ndimage.label(near, cube)
+    if n == 0:
+        return np.zeros(truth.shape, bool)
+    peak = np.concatenate([[np.inf], ndimage.maximum(suv, regions, np.arange(1, n + 1))])
+    return (regions > 0) & (suv >= fraction * peak[regions])
+
+
+def oracle_threshold_dice(store, split: str, fractions: Sequence[float], margin: int = 2) -> pd.DataFrame:
+    """Per lesion study of `split`: 3D Dice of `oracle_threshold_mask` at each fraction (columns), truth volume in ml.
+
+    The data stage's ceiling for a PET-intensity segmenter; the supervised U-Net's Dice is read against it.
+    """
+    from .metrics import dice, mtv_ml
+
+    rows = []
+    for sid in store.index.loc[store.index["split"] == split, "study_id"].unique():
+        study = store.study(sid)
+        suv, truth = np.asarray(study.suv, np.float32), np.asarray(study.mask) > 0
+        if truth.any():
+            rows.append({"study_id": sid, "truth_ml": mtv_ml(truth, study.meta["spacing_mm"]),
+                         **{f: dice(oracle_threshold_mask(suv, truth, f, margin), truth) for f in fractions}})
+    return pd.DataFrame(rows)
+
+
 def write(run_dir: str | os.PathLike[str], **values: float) -> dict[str, float]:
     """Merge `values` into RUN_DIR/classifier/diagnostics.json (written atomically) and return the whole record."""
     from .runs import write_json_atomic
