@@ -318,6 +318,7 @@ pd.DataFrame({"all lesions": peaks_all[list(cfg.cam_methods)].median(),
 # %%
 if head_epochs:
     authors_cfg = config.check(dataclasses.replace(cfg, cls_head="authors", cls_epochs=head_epochs, cam_unet_epochs=0,
+                                                   vgg_init="he",  # the frozen conv stack is notebook 02's: no init
                                                    cam_methods=tuple(m for m in cfg.cam_methods if m != "cam")))
     authors_run = runs.Run(authors_cfg, run.dir, run.device)
     start = time.perf_counter()
