@@ -183,7 +183,7 @@ it leaves the plateau (train loss 0.64 at epoch 9, 0.44 at 16) and points: epoch
 pointing 0.89, cell AUC 0.96; seed 0 (the chain's, `make notebooks` with `"vgg_init": "lsuv"`, stopped in
 notebook 03): kept epoch 13, val AUC 0.93, visible pointing 0.81, cell AUC 0.96 (torchvision's init on this CPU:
 epoch 10, 0.91 / 0.87 / 0.92). Not yet the demo default: the committed notebooks are a clean run of 'he', and the
-regeneration did not fit session 10. Seed 1 with LSUV is unmeasured.
+regeneration did not fit session 10. Seed 1 with LSUV: epoch 15, 0.93 / 0.87 (He: epoch 13, 0.955 / 0.90).
 
 q_grid: at the demo's 32 mm cells (4 mm pixels, stride 8) a CAM region holds 4x the pixels of the paper's 16 mm
 cells, so the lesion is a smaller share of it and the SUV cut must sit higher. On the seed-0 run's validation
