@@ -229,22 +229,31 @@ def algorithm1_ceiling(data, cells: int, q_grid: Sequence[float]) -> float:
                            oracle.gt_total, [0.5], q_grid, desc="ceiling").dice
 
 
+def oracle_local_peak(truth: np.ndarray, suv: np.ndarray, margin: int = 2) -> np.ndarray:
+    """Each voxel's local SUVmax: the maximum over its region of the truth dilated by `margin` voxels (26-conn.);
+    inf outside every region, so that no threshold keeps a voxel there."""
+    from scipy import ndimage
+
+    cube = np.ones((3, 3, 3), bool)
+    near = ndimage.binary_dilation(truth > 0, cube, iterations=margin) if margin else truth > 0
+    regions, n = ndimage.label(near, cube)
+    peaks = ndimage.maximum(suv, regions, np.arange(1, n + 1)) if n else []
+    return np.concatenate([[np.inf], peaks])[regions]
+
+
 def oracle_threshold_mask(suv: np.ndarray, truth: np.ndarray, fraction: float, margin: int = 2) -> np.ndarray:
     """SUV >= `fraction` x the local SUVmax inside each region of the truth dilated by `margin` voxels (26-conn.).
 
     Localization is given (the oracle), delineation is the PET's own: what the image allows a segmenter.
     """
-    from scipy import ndimage
+    return _at_fraction(suv, oracle_local_peak(truth, suv, margin), fraction)
 
+
+def _at_fraction(suv: np.ndarray, peak: np.ndarray, fraction: float) -> np.ndarray:
+    """The voxels whose SUV reaches `fraction` (in (0, 1]) of their `oracle_local_peak`."""
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
-    cube = np.ones((3, 3, 3), bool)
-    near = ndimage.binary_dilation(truth > 0, cube, iterations=margin) if margin else truth > 0
-    regions, n = ndimage.label(near, cube)
-    if n == 0:
-        return np.zeros(truth.shape, bool)
-    peak = np.concatenate([[np.inf], ndimage.maximum(suv, regions, np.arange(1, n + 1))])
-    return (regions > 0) & (suv >= fraction * peak[regions])
+    return suv >= fraction * peak
 
 
 def oracle_threshold_dice(store, split: str, fractions: Sequence[float], margin: int = 2) -> pd.DataFrame:
@@ -259,8 +268,9 @@ def oracle_threshold_dice(store, split: str, fractions: Sequence[float], margin:
         study = store.study(sid)
         suv, truth = np.asarray(study.suv, np.float32), np.asarray(study.mask) > 0
         if truth.any():
+            peak = oracle_local_peak(truth, suv, margin)  # regions and peaks once, every fraction reads them
             rows.append({"study_id": sid, "truth_ml": mtv_ml(truth, study.meta["spacing_mm"]),
-                         **{f: dice(oracle_threshold_mask(suv, truth, f, margin), truth) for f in fractions}})
+                         **{f: dice(_at_fraction(suv, peak, f), truth) for f in fractions}})
     return pd.DataFrame(rows)
 
 
