@@ -33,6 +33,18 @@ def seed_row(history: pd.DataFrame, seed: int, select: str) -> dict[str, float]:
             "left_plateau_epoch": int(history.loc[left[0], "epoch"]) if len(left) else None}
 
 
+def seed_run(run_dir: Path, out: Path, seed: int, profile: str, params: list[str]) -> runs.Run:
+    """OUT/seed<N>, a run of the profile (overrides KEY=VALUE, seed N) whose store links to RUN_DIR/store."""
+    store = (run_dir / "store").resolve()
+    if not (store / "index.csv").exists():
+        raise SystemExit(f"error: {store}: no slice store (run notebook 01 into {run_dir} first)")
+    directory = out / f"seed{seed}"
+    directory.mkdir(parents=True, exist_ok=True)
+    if not (directory / "store").exists():
+        (directory / "store").symlink_to(store)
+    return runs.start(profile, directory, **{**parse_overrides(params), "seed": seed})
+
+
 def main() -> None:
     """Train each seed (resuming where a seed stopped) and print the table; write it to OUT/seeds.csv."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,16 +55,9 @@ def main() -> None:
     parser.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value (repeatable), e.g. -p cls_ct_dropout=0.5")
     args = parser.parse_args()
-    store = (args.run_dir / "store").resolve()
-    if not (store / "index.csv").exists():
-        raise SystemExit(f"error: {store}: no slice store (run notebook 01 into {args.run_dir} first)")
     rows = []
     for seed in args.seeds:
-        directory = args.out / f"seed{seed}"
-        directory.mkdir(parents=True, exist_ok=True)
-        if not (directory / "store").exists():
-            (directory / "store").symlink_to(store)
-        run = runs.start(args.profile, directory, **{**parse_overrides(args.params), "seed": seed})
+        run = seed_run(args.run_dir, args.out, seed, args.profile, args.params)
         history = train.train_classifier(run)
         rows.append(seed_row(history, seed, run.config.cls_select))
         table = pd.DataFrame(rows)

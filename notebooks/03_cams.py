@@ -122,9 +122,12 @@ print("GradCAM from scratch == package == CAM with ReLU")
 # Does the ReLU cost the weaker lesions? Only where CAM is negative. CAM's min-max normalisation maps the most
 # negative pixel to 0, GradCAM's the value 0; a lesion that the classifier counts as evidence has a positive CAM
 # and keeps almost the same normalised value in both. The table gives each ground-truth lesion's peak value of
-# the maps on the panel slices: with GAP + one FC the four methods agree to within 0.02 on every lesion,
-# secondary ones included (median 0.95–0.97 for the non-largest lesions of multi-lesion slices, section 9). The
-# paper's GradCAM gap (0.12 against CAM's 0.46) cannot come from this architecture.
+# the maps on the panel slices: with GAP + one FC, CAM and GradCAM agree to within 0.02 on every lesion,
+# secondary ones included. GradCAM++ and ScoreCAM weight the channels differently and move a lesion's value by
+# up to 0.2 (the 254-voxel lesion of PETCT_0445: 0.78 in CAM, 0.65 in GradCAM++), but no map drops a lesion:
+# on these slices every lesion peaks at 0.65 of its map's maximum or more. Over all gated slices (section 9) the
+# non-largest lesions of multi-lesion slices peak at a median 0.74–0.83 in all four maps. The paper's GradCAM
+# gap (0.12 against CAM's 0.46) cannot come from this architecture.
 
 # %%
 maps_panel = {m: cam.compute_cams(model, x, m).numpy() for m in (*cfg.cam_methods, *extra_methods)}
@@ -143,7 +146,9 @@ peaks.drop(columns="row").round(2)
 # $$\alpha = \frac{g^2}{2g^2 + g^3\sum_{ij}A_{ij}} = \frac{1}{2 + g\sum_{ij}A_{ij}} \quad (g \ne 0).$$
 # For GAP + FC ($g = v_k/N$): $\alpha_k = 1/(2 + v_k\,\overline{A_k})$ and $w_k = \max(v_k,0)/(2 + v_k\,\overline{A_k})$.
 # The common factor $Y$ drops out in the normalisation. A fixed $\varepsilon$ in the denominator (one peer
-# library adds $10^{-6}$) is not harmless here: $g^2 = (v_k/N)^2$ is of that order or smaller.
+# library adds $10^{-6}$) is not harmless in general: $g^2 = (v_k/N)^2$ can be of that order or smaller. The
+# cell prints this classifier's range of $g^2$ and how far such an $\varepsilon$ moves its maps (here little:
+# its smallest $g^2$ are for channels with small weights).
 
 # %%
 S_A = A.sum((2, 3), keepdim=True)
@@ -186,7 +191,8 @@ print(f"masked logits range [{y_k.min():.2f}, {y_k.max():.2f}]; the pitfall's we
 # A binary classifier with one output has one logit; a softmax over it is $e^{y}/e^{y} = 1$ for every masked
 # slice, so every channel gets the same weight and "ScoreCAM" degenerates into the plain sum of the channels.
 # The plot shows the weights of the first panel slice; the maps show what the pitfall costs. On this slice it
-# costs little (the uniform map looks much like ScoreCAM's), but its weights no longer depend on the scores.
+# costs little (the uniform map still peaks near the lesions, a little wider than ScoreCAM's), but its
+# weights no longer depend on the scores: ScoreCAM's put more than half the weight on one channel.
 
 # %%
 weights = {"softmax over channels of logits (ours)": alpha_sc.numpy(),
@@ -252,10 +258,11 @@ cplots.cam_panel(x_np[:, 0], x_np[:, 1], gt, {"CAM": cam_raw.numpy(), "flipped, 
 
 # %% [markdown]
 # On every validation tumor slice, the pointing game (notebook 02) before and after the correction. This
-# classifier's maps sit half a cell (4 pixels, 16 mm) up and to the left of the evidence. That is enough to put
-# the peak cell beside a small lesion: pointing rises from 0.50 to 0.835 (visible lesions 0.51 to 0.87) once the
-# maps are moved back. The cell AUC stays 0.932: moving a smooth map by half a cell hardly reorders cells across
-# slices, but it changes which cell of a slice is the peak, and the peak is what Algorithm 1 scales $t$ by.
+# classifier's maps sit nearly half a cell up (3.5 pixels, 14 mm) and a whole cell to the right (8 pixels,
+# 32 mm) of the evidence. That puts the peak cell beside the lesion: pointing rises from 0.305 to 0.754 (visible
+# lesions 0.336 to 0.811) once the maps are moved back. The cell AUC stays 0.96: moving a smooth map by a cell
+# hardly reorders cells across slices, but it changes which cell of a slice is the peak, and the peak is what
+# Algorithm 1 scales $t$ by.
 
 # %%
 pd.DataFrame({"as the network gives them": diagnostics.pointing_probe(store, "val")(model),
@@ -340,14 +347,15 @@ if head_epochs:
 
 # %% [markdown]
 # Under GAP + FC, GradCAM and CAM share their peak (ReLU does not move a positive maximum), so their pointing
-# is the same (0.547). These are the maps as the networks give them, not moved back by $d$ (section 8), so all
-# pointing numbers here are lower than the 0.835 of section 8; the comparison between heads is still fair.
+# is the same (0.266). These are the maps as the networks give them, not moved back by $d$ (section 8), so all
+# pointing numbers here are lower than the 0.754 of section 8; the comparison between heads is still fair.
 # Under the authors' head GradCAM is a different map in principle; the table says how far it moves here (the
-# head trained 2 epochs, val AUC 0.92 and 0.919; 64 slices; ScoreCAM with the demo's `scorecam_topk`).
-# GradCAM's correlation with GradCAM++ is 0.996 under the authors' head (0.997 under GAP + FC), and the three
-# methods point about equally well (GradCAM 0.531, GradCAM++ 0.547, ScoreCAM 0.609); GradCAM's cell AUC 0.960
-# lies between GradCAM++'s 0.968 and ScoreCAM's 0.955. GradCAM points one slice of 64 worse than under
-# GAP + FC (0.531 against 0.547).
+# head trained 2 epochs, val AUC 0.926 and 0.928; 64 slices; ScoreCAM with the demo's `scorecam_topk`).
+# GradCAM++'s correlation with GradCAM is 0.976 under the authors' head (0.958 under GAP + FC), and GradCAM
+# points exactly as under GAP + FC (0.266; GradCAM++ 0.297); its cell AUC 0.961 lies beside GradCAM++'s 0.966.
+# ScoreCAM points best under both heads (0.609 and 0.625) even on maps not moved back: its channel weights come
+# from masked forward passes rather than from the head's weights, and here they favour channels whose maps
+# sit closer to the lesion.
 # On the demo the authors' head does **not** reproduce the paper's gap: the head alone does not make GradCAM
 # fail. What else differed in the paper's GradCAM (the layer it hooked, full-width features, 50 epochs, the
 # tuning) is not in their text; this notebook cannot settle it.

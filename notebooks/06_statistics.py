@@ -222,48 +222,50 @@ table1
 # %% [markdown]
 # **What this run shows, and what it does not.**
 #
-# * **The maps.** CAM reaches a median Dice of 0.43, GradCAM 0.45, GradCAM++ and ScoreCAM 0.43 (paper 0.46 / 0.12 /
-#   0.42 / 0.47; on validation 0.37–0.38, notebook 04). The maps are moved back by the classifier's displacement
-#   (notebook 03, section 8). The target of 0.45 for CAM, GradCAM++ and ScoreCAM is missed, narrowly
-#   (0.433–0.434); only GradCAM reaches it (0.451).
-# * **Against the threshold.** Their medians lie just *below* the global threshold's (0.46, paper 0.29), the
-#   reverse of the paper, so the target "threshold below every map" is missed too. Study by study the difference
-#   is not significant: the median paired difference map − threshold is −0.040 to −0.051 (p = 0.34–0.42, Holm
-#   1.0). Both run on the same gated slices ($p \ge 0.98$, notebook 05), and here a CAM region adds nothing over
-#   the SUV alone: both find the same share of lesions (sensitivity 0.65), and the maps add more false-positive
-#   lesions (15–17 per study against 7.6) at a similar false-positive volume (median 17–19 ml against 21 ml).
-# * **Agreement.** Their MTV ICC is 0.27–0.29, far below the paper's 0.55–0.64 and the threshold's 0.77 (paper
-#   0.59): the target of 0.5 is missed. The intervals over 12 studies are wide (CAM: −0.28 to 0.72) and
-#   p = 0.16–0.18 is not significant, where the paper has p < 0.001. Per study the error is small (median |ΔMTV|
-#   17–22 ml, median ΔMTV +3 to +7 ml), but Fig. 6 shows a cap: the maps' MTV estimates stay below 100 ml, while
-#   the truth reaches 445 ml. As in the paper they overestimate the small burdens (all 9 up to 72 ml) and
-#   underestimate the large ones (the 3 largest, 144–445 ml, come out at 60–94 ml); the Bland–Altman plot trends
-#   downward (bias −36 to −42 ml), and these few large burdens dominate an ICC across patients. The threshold, on
-#   the same gated slices, estimates up to 233 ml, so the gate is not what caps the maps; Algorithm 1's cut is
-#   (at $q = 99$ it keeps the hottest 1 % of each CAM region, notebook 04). For TLG the maps reach 0.51–0.55
-#   (paper 0.40–0.85), the threshold 0.92 (paper 0.88).
-# * **No GradCAM gap.** GradCAM scores a little above CAM (median paired difference 0.004, p = 0.52, Holm 1.0):
-#   with GAP + one FC layer GradCAM *is* ReLU(CAM) (notebook 03), so the paper's gap cannot appear.
-# * **The U-Net** (0.48, paper 0.72) has the highest median of this run, but only just (threshold 0.46, GradCAM
-#   0.45), and not study by study: the median paired difference map − U-Net is +0.013 to +0.027, threshold −
-#   U-Net −0.030, and no difference between any two methods is significant (p ≥ 0.15; Holm $p$ = 1.0
-#   throughout; 12 studies). Its spread is the widest (IQR 0.33). It misses the target of 0.65 (12 epochs of a
-#   narrow network from scratch, notebook 05). Its MTV ICC is the best, 0.98 (paper 0.94), but its TLG is too
-#   high in 11 of 12 studies (median |ΔTLG| 240 g, paper 50 g; bias +200 g in Fig. 7's Bland–Altman plot), the
-#   largest TLG error of all methods (maps 69–88 g, threshold 110 g).
+# * **The maps.** CAM reaches a median Dice of 0.34, GradCAM 0.39, GradCAM++ 0.39 and ScoreCAM 0.40 (paper
+#   0.46 / 0.12 / 0.42 / 0.47). On validation the same maps scored 0.41–0.42 (notebook 04): the $t$, $q$ and
+#   gate tuned on 12 validation studies carry over to the 12 test studies with a loss of 0.02–0.07. The
+#   target of 0.45 for CAM, GradCAM++ and ScoreCAM is missed (0.34–0.40). On test the maps' masks are too
+#   large: a median false-positive volume of 43–62 ml per study in 33–55 false-positive components (the
+#   threshold 52 ml in 13, the U-Net 19 ml in 6).
+# * **Against the threshold.** The global threshold (0.36, paper 0.29) lies below GradCAM, GradCAM++ and
+#   ScoreCAM (0.39–0.40) but above CAM (0.34), so the target "threshold below every map" is missed by CAM.
+#   Study by study no difference is significant: the median paired difference map − threshold is −0.035 (CAM)
+#   to +0.017 (GradCAM), p = 0.42–0.91, Holm 1.0. Both run on the same gated slices ($p \ge 0.95$,
+#   notebook 05); the maps find a few more lesions (sensitivity 0.74–0.75 against 0.71) and add more
+#   false-positive components at a similar false-positive volume.
+# * **Agreement.** Their MTV ICC is 0.51 (CAM), 0.62 (GradCAM, GradCAM++) and 0.59 (ScoreCAM), beside the
+#   paper's 0.55–0.64: the target of 0.5 is met, narrowly for CAM. The intervals over 12 studies are wide
+#   (CAM: 0.01 to 0.82; p = 0.01–0.02, where the paper has p < 0.001). The threshold agrees better, 0.90 (paper
+#   0.59). Per study the error is not small (median |ΔMTV| 51–72 ml; the maps overestimate 9–10 of the 12
+#   burdens, every one up to 72 ml), but the estimates follow the large burdens: the two largest (233 and
+#   445 ml) come out at 145–172 and 208–269 ml, underestimated as in the paper, and these few large burdens
+#   dominate an ICC across patients. The Bland–Altman bias is +11 (ScoreCAM) to +51 ml (CAM). For TLG the maps
+#   reach 0.75–0.80 (paper 0.40–0.85), the threshold 0.91 (paper 0.88).
+# * **No GradCAM gap.** GradCAM scores a little above CAM (median paired difference 0.025, p = 0.15, Holm 1.0):
+#   with GAP + one FC layer GradCAM *is* ReLU(CAM) (notebook 03), so the paper's gap cannot appear. The two
+#   differ only in the normalisation (CAM's 0 is its most negative value, GradCAM's is 0), so one $t$ cuts
+#   slightly different regions.
+# * **The U-Net** (0.57, paper 0.72) has the highest median of this run, and study by study it is significantly
+#   above CAM, GradCAM and GradCAM++ (median paired difference map − U-Net −0.14 to −0.16, Holm $p$
+#   0.007–0.019), not above ScoreCAM (Holm 0.08) or the threshold (−0.12, Holm 0.64; 12 studies). Its spread is
+#   the widest (IQR 0.33). It misses the target of 0.65 (12 epochs of a narrow network from scratch, its last
+#   epoch its best, notebook 05). Its MTV ICC is 0.87 (paper 0.94), its median |ΔMTV| the smallest (12 ml), and
+#   its TLG is too high in 8 of 12 studies (median |ΔTLG| 174 g, paper 50 g). It finds fewer lesions (sensitivity
+#   0.58) than the gated methods (0.71–0.75), with the fewest false-positive components.
 # * **The limiting stage** (notebooks 02 and 04): the maps. On validation a perfect region of 32 mm cells would
-#   allow 0.67 (the ceiling); the maps reach 0.39–0.44 on exactly the tumorous slices and 0.37–0.38 behind the
-#   gate ($p \ge 0.98$, precision 0.85, recall 0.53). So the maps cost 0.23–0.28 and the gate 0.01–0.07. The
-#   $(t, q)$ optimum sits at the corner of the grid: the mask is the hottest 1 % of a large region.
+#   allow 0.67 (the ceiling); the maps reach 0.40–0.49 on exactly the tumorous slices and 0.41–0.42 behind the
+#   gate ($p \ge 0.95$, precision 0.82, recall 0.64). So the maps cost 0.18–0.27, and the gate at most 0.08
+#   (ScoreCAM gains 0.02 behind it). The $(t, q)$ optimum lies inside the grid ($t$ 0.19–0.28, $q$ 96.4): the
+#   mask is the hottest 3.6 % of the CAM region.
 
 # %% [markdown]
 # ## 8. By diagnosis
 #
 # Lymphoma lesions are large and avid, melanoma metastases small and faint; the mix of diagnoses in a test set moves
-# every median. Here the four maps and the threshold score best on lymphoma (0.59–0.60 and 0.69, only 2 studies)
-# and the U-Net on lung cancer (0.63). The threshold and the U-Net score worst on melanoma (0.38, 0.29), the maps
-# on lung cancer (0.40–0.42; CAM is level, 0.43 on lung cancer and 0.42 on melanoma). Note the small groups: the
-# legend gives each n. The right panel shows the median
+# every median. Here the four maps and the threshold score best on lymphoma (0.43–0.49 and 0.40, only 2 studies)
+# and the U-Net on lung cancer (0.65, 6 studies). Every method scores worst on melanoma (4 studies): the maps
+# 0.21–0.23, the threshold 0.32, the U-Net 0.29. Note the small groups: the legend gives each n. The right panel shows the median
 # false-positive volume on lesion-free studies, what each method segments where there is nothing; this test split
 # has none (n = 0), so the panel is empty, as is the summary's `negatives_fp_volume_ml_median` column (NaN).
 
@@ -357,8 +359,8 @@ print(f"U-Net, {n_u} studies with lesions: mean difference d = {d_bar:.1f} ml; M
 # stays the same. With two raters $MS_C = n\,\bar d^2 / 2$, $\bar d$ the mean difference estimate − truth;
 # the shift makes it $n(\bar d + 20)^2/2$. That grows only when $\bar d > -10$ ml (by $n \cdot 20^2/2$ exactly
 # when $\bar d = 0$), and then ICC(2,1) drops; for a method that under-estimates by more than 10 ml the same
-# shift would *raise* it. The printed $\bar d$ says which case this run's U-Net is in: $\bar d$ = 18.9 ml, so
-# ICC(2,1) drops (0.977 → 0.942). The paper's choice penalises a systematic offset, whichever way it points.
+# shift would *raise* it. The printed $\bar d$ says which case this run's U-Net is in: $\bar d$ = −12.3 ml, an
+# under-estimate of more than 10 ml, so $MS_C$ falls (901 → 360) and ICC(2,1) rises a little (0.867 → 0.871). The paper's choice penalises a systematic offset, whichever way it points.
 #
 # **3. 6- vs 18-connectivity.** How does the false-positive volume of GradCAM change with face-only
 # (6-) connectivity? Which components split?
@@ -388,6 +390,6 @@ fp.round(2)
 # %% [markdown]
 # Components that touch only along edges split apart under 6-connectivity; a split-off piece that touches no
 # lesion becomes a false positive, so the FP volume can only grow (and the number of FP lesions too). The table,
-# for five test studies with lesions, shows the components splitting in three of them (PETCT_0085: 12 → 45); the
-# FP volume grows only where a split-off piece lies outside every lesion (here in one of the five, PETCT_0085, by
-# 0.1 ml).
+# for five test studies with lesions, shows the components splitting in all of them (PETCT_0051: 32 → 61); the
+# FP volume grows only where a split-off piece lies outside every lesion (here in one of the five, PETCT_0089, by
+# 0.4 ml).

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from benchmarks.classifier_seeds import seed_row
 
@@ -22,6 +23,19 @@ def test_seed_row_reports_a_run_that_never_left_the_plateau() -> None:
                             "val_pointing": [0.1, 0.2], "val_pointing_visible": [0.1, 0.2], "val_cell_auc": [0.5, 0.5]})
     row = seed_row(history, seed=0, select="val_auc")
     assert row["kept_epoch"] == 2 and row["left_plateau_epoch"] is None
+
+
+def test_unet_budget_row_keeps_the_best_epoch_within_the_budget_only() -> None:
+    from benchmarks.unet_seeds import budget_row
+
+    history = pd.DataFrame({"epoch": [1, 2, 3, 4], "val_study_dice": [0.2, 0.5, 0.4, 0.6],
+                            "val_threshold": [0.5, 0.9, 0.8, 0.95], "val_dice": [0.1, 0.4, 0.3, 0.5],
+                            "train_s": [10.0, 20.0, 30.0, 40.0]})
+    short, long = (budget_row(history, seed=1, budget=b, select="val_study_dice") for b in (3, 4))
+    assert (short["kept_epoch"], short["study_dice"], short["threshold"]) == (2, 0.5, 0.9)
+    assert short["train_s_per_epoch"] == 20.0 and long["kept_epoch"] == 4 and long["pooled_dice"] == 0.5
+    with pytest.raises(ValueError, match="budget 5"):
+        budget_row(history, seed=1, budget=5, select="val_study_dice")
 
 
 def test_max_pool_probe_logit_is_the_cam_maximum_plus_bias() -> None:
