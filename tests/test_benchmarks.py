@@ -83,3 +83,23 @@ def test_body_gap_probe_averages_the_cam_over_body_cells_only() -> None:
     torch.testing.assert_close(logit[1], full[1].mean() + b)  # no body cell: the plain GAP
     assert torch.equal(restricted[0, :, :2], full[0, :, :2])
     assert (restricted[0, :, 2:] == full[0].min()).all()
+
+
+def test_restride_keeps_the_weights_and_doubles_the_cells() -> None:
+    import dataclasses
+
+    import torch
+
+    from benchmarks.cam_stride_probe import restride
+    from wsseg_nb import config, train
+    from wsseg_nb.cam import classic_cam
+
+    cfg = dataclasses.replace(config.get_config("demo"), vgg_width=1 / 16)
+    torch.manual_seed(0)
+    model = train.classifier_model(cfg, "none").eval()
+    x = torch.randn(2, 2, 32, 32)
+    same, finer = restride(model, cfg, 8), restride(model, cfg, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), model(x))  # the same layers and weights: the same logit
+        assert classic_cam(model, x).shape[-1] == 4 and classic_cam(finer, x).shape[-1] == 8
+        assert not torch.allclose(finer(x), model(x))  # one pool fewer: another (finer) pooled feature
