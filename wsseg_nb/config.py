@@ -217,6 +217,10 @@ With BatchNorm after each conv (unet_norm 'batch'; 37 s per epoch here vs 25 s):
 0.48 at p >= 0.95): the net is over-confident on physiology. Hence BN, 12 epochs (the time 19 epochs without BN
 took), the epoch kept by the median per-study Dice (the reported metric) and the threshold tuned with it.
 
+U-Net (session 11, AVX512-BF16, `python -m benchmarks.unet_seeds --seeds 0 1 --budgets 12 24 -p unet_epochs=24`,
+validation): 12 epochs 0.532 / 0.383 (seeds 0 / 1), 24 epochs 0.569 / 0.510; a cosine decay over 12 epochs
+0.500 / 0.397 (rejected). 24 epochs are not yet the default: they change notebooks 05-06 and lengthen the chain.
+
 CAM -> U-Net (session 6, issue 14): cam_unet_epochs 0 makes it opt-in in the demo (`-p cam_unet_epochs=12`). On a
 2-core AVX2 CPU without bf16 one U-Net epoch costs about 85 s (37 s with AVX512-BF16), so a second U-Net adds about
 18 min to the chain there, past its 15-minute budget. cam_unet_method 'cam': the four maps tie on the demo's validation (0.37-0.38) and
