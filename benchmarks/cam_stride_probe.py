@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from wsseg_nb import cam, diagnostics, runs, segment, train
+from wsseg_nb.config import Config
 from wsseg_nb.models import VGG16CAM
 from wsseg_nb.slices import SliceStore
 
@@ -31,7 +32,7 @@ def convs(model: nn.Module) -> list[nn.Conv2d]:
     return [m for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
-def restride(model: VGG16CAM, config, stride: int) -> VGG16CAM:
+def restride(model: VGG16CAM, config: Config, stride: int) -> VGG16CAM:
     """A copy of `model` at another stride: the same convolutions and head, a different number of max-pools."""
     other = train.classifier_model(dataclasses.replace(config, vgg_stride=stride), "none")
     for src, dst in zip(convs(model), convs(other), strict=True):
@@ -40,7 +41,7 @@ def restride(model: VGG16CAM, config, stride: int) -> VGG16CAM:
     return other.eval()
 
 
-def stage_row(cams: dict[str, np.ndarray], val: segment.GatedSlices, cfg, gate: float) -> dict[str, float]:
+def stage_row(cams: dict[str, np.ndarray], val: segment.GatedSlices, cfg: Config, gate: float) -> dict[str, float]:
     """Validation median Dice of each method at `gate` (t, q tuned) and with the oracle gate, and the ceiling."""
     row = {}
     at_gate, oracle = val.at_gate(gate), val.oracle()
