@@ -337,7 +337,10 @@ def test_config_refuses_cam_with_the_authors_head() -> None:
 
     with pytest.raises(InputError, match="cam_methods.*needs cls_head 'gap_fc'"):
         get_config("demo", cls_head="authors")
-    assert get_config("demo", cls_head="authors", cam_methods="gradcam,scorecam").cam_methods == ("gradcam", "scorecam")
+    authors = get_config("demo", cls_head="authors", vgg_init="he", cam_methods="gradcam,scorecam")
+    assert authors.cam_methods == ("gradcam", "scorecam")
+    with pytest.raises(InputError, match="vgg_init.*LSUV rescales the single FC"):  # the demo's default init
+        get_config("demo", cls_head="authors", cam_methods="gradcam,scorecam")
 
 
 class ShiftedNet(nn.Module):

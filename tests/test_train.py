@@ -314,7 +314,7 @@ def test_head_on_frozen_features_trains_only_the_head(tiny_store) -> None:
     from wsseg_nb.config import get_config
 
     cfg = get_config("demo", device="cpu", slice_size=SIZE, spacing_mm=SPACING, cls_head="authors",
-                     cam_methods="gradcam", cam_unet_epochs=0, cls_epochs=1, cls_batch=4, vgg_width=1 / 16,
+                     vgg_init="he", cam_methods="gradcam", cam_unet_epochs=0, cls_epochs=1, cls_batch=4, vgg_width=1 / 16,
                      workers=1, cls_sampling="all", cls_select="val_auc")
     run = runs.Run(cfg, tiny_store.parent, torch.device("cpu"))
     torch.manual_seed(5)
