@@ -44,9 +44,8 @@ def restride(model: VGG16CAM, config: Config, stride: int) -> VGG16CAM:
 def stage_row(cams: dict[str, np.ndarray], val: segment.GatedSlices, cfg: Config, gate: float) -> dict[str, float]:
     """Validation median Dice of each method at `gate` (t, q tuned) and with the oracle gate, and the ceiling."""
     row = {}
-    at_gate, oracle = val.at_gate(gate), val.oracle()
-    keep_gate = (val.rows["prob"] >= gate).to_numpy()
-    keep_oracle = (val.rows["label"] > 0).to_numpy()
+    keep_gate, keep_oracle = (val.rows["prob"] >= gate).to_numpy(), (val.rows["label"] > 0).to_numpy()
+    at_gate, oracle = val.subset(keep_gate), val.subset(keep_oracle)  # GatedSlices.at_gate / .oracle, same masks
     for method, maps in cams.items():
         for name, data, keep in (("val_dice", at_gate, keep_gate), ("oracle_dice", oracle, keep_oracle)):
             row[f"{name}_{method}"] = segment.tune_algorithm1(maps[keep], data.suv, data.gt, data.rows["study_id"],

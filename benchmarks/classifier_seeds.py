@@ -45,16 +45,21 @@ def seed_run(run_dir: Path, out: Path, seed: int, profile: str, params: list[str
     return runs.start(profile, directory, **{**parse_overrides(params), "seed": seed})
 
 
-def main() -> None:
-    """Train each seed (resuming where a seed stopped) and print the table; write it to OUT/seeds.csv."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def seed_parser(doc: str, seeds: list[int], out: str, example: str) -> argparse.ArgumentParser:
+    """The arguments every seed probe takes: --run-dir, --seeds, --out (bench_results/<out>), --profile, -p."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, default=Path("bench_results/classifier_seeds"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=seeds)
+    parser.add_argument("--out", type=Path, default=Path("bench_results") / out)
     parser.add_argument("--profile", default="demo")
     parser.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config value (repeatable), e.g. -p cls_ct_dropout=0.5")
-    args = parser.parse_args()
+                        help=f"override one config value (repeatable), e.g. -p {example}")
+    return parser
+
+
+def main() -> None:
+    """Train each seed (resuming where a seed stopped) and print the table; write it to OUT/seeds.csv."""
+    args = seed_parser(__doc__, [0, 1, 2], "classifier_seeds", "cls_ct_dropout=0.5").parse_args()
     rows = []
     for seed in args.seeds:
         run = seed_run(args.run_dir, args.out, seed, args.profile, args.params)

@@ -9,12 +9,9 @@ Validation split only.
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import pandas as pd
 
-from benchmarks.classifier_seeds import kept_epoch, seed_run
+from benchmarks.classifier_seeds import kept_epoch, seed_parser, seed_run
 from wsseg_nb import train
 
 
@@ -32,14 +29,8 @@ def budget_row(history: pd.DataFrame, seed: int, budget: int, select: str) -> di
 
 def main() -> None:
     """Train each seed (resuming where one stopped), print the table and write it to OUT/unet_seeds.csv."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser = seed_parser(__doc__, [0, 1], "unet_seeds", "unet_epochs=24")
     parser.add_argument("--budgets", type=int, nargs="+", default=None, help="epoch budgets (default: unet_epochs)")
-    parser.add_argument("--out", type=Path, default=Path("bench_results/unet_seeds"))
-    parser.add_argument("--profile", default="demo")
-    parser.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config value (repeatable), e.g. -p unet_epochs=24")
     args = parser.parse_args()
     rows = []
     for seed in args.seeds:
