@@ -103,3 +103,19 @@ def test_restride_keeps_the_weights_and_doubles_the_cells() -> None:
         torch.testing.assert_close(same(x), model(x))  # the same layers and weights: the same logit
         assert classic_cam(model, x).shape[-1] == 4 and classic_cam(finer, x).shape[-1] == 8
         assert not torch.allclose(finer(x), model(x))  # one pool fewer: another (finer) pooled feature
+
+
+def test_component_kinds_sorts_false_volume_by_where_it_sits() -> None:
+    from benchmarks.suv_floor_probe import component_kinds
+
+    truth = np.zeros((4, 6, 6), bool)
+    truth[1, 1:3, 1:3] = True  # a 4-voxel lesion on slice 1
+    pred = np.zeros_like(truth)
+    pred[1, 1:3, 1:4] = True  # hits it: 6 voxels, 2 of them false
+    pred[1, 5, 5] = True  # apart from it on the same (tumor) slice
+    pred[3, 0:2, 0] = True  # on a tumor-free slice: 2 voxels
+    kinds = component_kinds(pred, truth).set_index("kind")
+    assert kinds.loc["hits lesion"].tolist() == [6, 2]
+    assert kinds.loc["tumor slice, apart"].tolist() == [1, 1]
+    assert kinds.loc["tumor-free slices"].tolist() == [2, 2]
+    assert component_kinds(np.zeros_like(truth), truth).empty

@@ -34,6 +34,9 @@ def test_algorithm1_hand_made_slice():
     assert sg.region_percentile(suv, region, 50.0)[0] == 4.5  # 8 values 1..8, index 3.5 -> 4.5
     np.testing.assert_array_equal(sg.algorithm1(cam, suv, 0.5, 50.0), region & (suv >= 4.5))
     assert sg.algorithm1(cam, suv, 0.5, 50.0).sum() == 4
+    # an absolute floor above the percentile (4.5) raises the cut to 6.5: SUV 7 and 8; below it changes nothing
+    np.testing.assert_array_equal(sg.algorithm1(cam, suv, 0.5, 50.0, floor=6.5), region & (suv >= 6.5))
+    np.testing.assert_array_equal(sg.algorithm1(cam, suv, 0.5, 50.0, floor=4.0), region & (suv >= 4.5))
     np.testing.assert_array_equal(sg.algorithm1(cam, suv, 0.5, 0.0), region)  # q = 0: the region's minimum
     assert sg.region_percentile(suv, sg.cam_region(cam, 0.51, 4), 31.0)[0] == pytest.approx(1.93)  # 1 + 0.93
     expected = np.zeros((1, 4, 4), bool)
@@ -115,6 +118,13 @@ def test_grid_counts_equal_masks_at_every_grid_point():
     for j, t in enumerate(T_GRID):
         for k, q in enumerate(Q_GRID):
             m = sg.algorithm1(cam, suv, t, q)
+            np.testing.assert_array_equal(pred[:, j, k], m.sum(axis=(1, 2)))
+            np.testing.assert_array_equal(inter[:, j, k], (m & gt).sum(axis=(1, 2)))
+    inter, pred = sg.algorithm1_counts(cam, suv, gt, T_GRID[::3], Q_GRID[::5], floor=2.0)
+    for j, t in enumerate(T_GRID[::3]):
+        for k, q in enumerate(Q_GRID[::5]):
+            m = sg.algorithm1(cam, suv, t, q, floor=2.0)
+            assert m.sum() < sg.algorithm1(cam, suv, t, q).sum()  # the floor (2.0) lies above some percentiles
             np.testing.assert_array_equal(pred[:, j, k], m.sum(axis=(1, 2)))
             np.testing.assert_array_equal(inter[:, j, k], (m & gt).sum(axis=(1, 2)))
     for semantics in sg.SEMANTICS:

@@ -95,17 +95,18 @@ def cam_region(cam: np.ndarray, t: float, size: int) -> np.ndarray:
 
 
 def algorithm1(cam: np.ndarray, suv: np.ndarray, t: float, q: float,
-               tumorous: np.ndarray | None = None) -> np.ndarray:
+               tumorous: np.ndarray | None = None, floor: float = 0.0) -> np.ndarray:
     """Algorithm 1 on a batch: region = up(CAM >= t); mask = region & SUV >= q-th percentile of SUV in region.
 
     cam (n, h, w) in [0, 1], suv (n, S, S); tumorous (n,) gates slices (None: all slices are tumorous, e.g. the
-    rows of cams/index.csv). Non-tumorous slices and empty regions give empty masks (notebook 04).
+    rows of cams/index.csv). Non-tumorous slices and empty regions give empty masks (notebook 04). `floor` is not
+    the paper's: the voxel threshold becomes max(percentile, floor), an absolute SUV (0 = Algorithm 1 as printed).
     """
     suv = np.asarray(suv)
     region = cam_region(cam, t, suv.shape[-1])
     if tumorous is not None:
         region &= _check_gate(tumorous, len(suv))[:, None, None]
-    tq = region_percentile(suv, region, q)
+    tq = np.maximum(region_percentile(suv, region, q), floor)  # NaN (empty region) stays NaN
     return region & (suv >= np.nan_to_num(tq, nan=np.inf)[:, None, None])
 
 
@@ -188,12 +189,13 @@ def _sorted_chunk(suv: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
 
 
 def algorithm1_counts(cam: np.ndarray, suv: np.ndarray, gt: np.ndarray, t_grid: Sequence[float],
-                      q_grid: Sequence[float], desc: str = "algorithm 1") -> tuple[np.ndarray, np.ndarray]:
+                      q_grid: Sequence[float], desc: str = "algorithm 1",
+                      floor: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Per slice and (t, q): |mask ∩ gt| and |mask| of Algorithm 1, each (n, len(t), len(q)) int64 (notebook 04).
 
     Each slice's voxels are sorted by SUV once (carrying ground truth and upscaled CAM along); per t the region's
     SUVs come out ascending by one boolean selection, every q's percentile by index arithmetic and every count by
-    one searchsorted: no mask is ever built.
+    one searchsorted: no mask is ever built. `floor`: as in `algorithm1`.
     """
     suv, gt = _check_pair(suv, np.asarray(gt, dtype=bool), "ground truth")
     cam = np.asarray(cam)
@@ -214,7 +216,7 @@ def algorithm1_counts(cam: np.ndarray, suv: np.ndarray, gt: np.ndarray, t_grid: 
                 start = (np.cumsum(m) - m)[:, None]
                 pick = np.append(vals, vals.dtype.type(0))  # a valid index for empty regions (NaN below)
                 tq = _lerp(pick[start + lo], pick[start + hi], gamma)
-                tq = np.where(m[:, None] > 0, tq, np.nan)
+                tq = np.where(m[:, None] > 0, np.maximum(tq, floor), np.nan)
                 inter[sl, j], pred[sl, j] = _counts_above(vals, gts, m, tq)
                 bar.update()
     return inter, pred
@@ -302,14 +304,17 @@ def tune_global_threshold(suv: np.ndarray, gt: np.ndarray, slice_study: Sequence
 
 
 def tune_with_gate(cams: Mapping[str, np.ndarray], data: GatedSlices, t_grid: Sequence[float],
-                   q_grid: Sequence[float], gates: Sequence[float]) -> tuple[float, dict[str, Tuned], pd.DataFrame]:
+                   q_grid: Sequence[float], gates: Sequence[float],
+                   floor: float = 0.0) -> tuple[float, dict[str, Tuned], pd.DataFrame]:
     """One classifier threshold for the run and each method's (t, q), tuned together on `data` (validation).
 
     The gate kept is the one whose methods reach the highest mean of their best median Dice; returns it, each
     method's grid search at that gate, and the table of best median Dice per gate and method (notebook 04).
+    `floor` > 0 is not the paper's: an absolute SUV below which no voxel is kept (`algorithm1`; a probe).
     """
     prob = data.rows["prob"].to_numpy()
-    counts = {m: algorithm1_counts(cam, data.suv, data.gt, t_grid, q_grid, desc=m) for m, cam in cams.items()}
+    counts = {m: algorithm1_counts(cam, data.suv, data.gt, t_grid, q_grid, desc=m, floor=floor)
+              for m, cam in cams.items()}
     grid = {"t": t_grid, "q": q_grid}
     searches = {g: {m: tune(inter * (prob >= g)[:, None, None], pred * (prob >= g)[:, None, None],
                             data.rows["study_id"], data.gt_total, grid) for m, (inter, pred) in counts.items()}
