@@ -122,11 +122,11 @@ print("GradCAM from scratch == package == CAM with ReLU")
 # Does the ReLU cost the weaker lesions? Only where CAM is negative. CAM's min-max normalisation maps the most
 # negative pixel to 0, GradCAM's the value 0; a lesion that the classifier counts as evidence has a positive CAM
 # and keeps almost the same normalised value in both. The table gives each ground-truth lesion's peak value of
-# the maps on the panel slices: with GAP + one FC, CAM and GradCAM agree to within 0.02 on every lesion,
+# the maps on the panel slices: with GAP + one FC, CAM and GradCAM agree to within 0.01 on every lesion,
 # secondary ones included. GradCAM++ and ScoreCAM weight the channels differently and move a lesion's value by
-# up to 0.2 (the 254-voxel lesion of PETCT_0445: 0.78 in CAM, 0.65 in GradCAM++), but no map drops a lesion:
-# on these slices every lesion peaks at 0.65 of its map's maximum or more. Over all gated slices (section 9) the
-# non-largest lesions of multi-lesion slices peak at a median 0.74–0.83 in all four maps. The paper's GradCAM
+# up to 0.18 (the 24-voxel lesion of PETCT_0085, slice 104: 0.96 in CAM, 0.78 in GradCAM++), but no map drops a
+# lesion: on these slices every lesion peaks at 0.66 of its map's maximum or more. Over all gated slices
+# (section 9) the non-largest lesions of multi-lesion slices peak at a median 0.76–0.82 in all four maps. The paper's GradCAM
 # gap (0.12 against CAM's 0.46) cannot come from this architecture.
 
 # %%
@@ -258,9 +258,9 @@ cplots.cam_panel(x_np[:, 0], x_np[:, 1], gt, {"CAM": cam_raw.numpy(), "flipped, 
 
 # %% [markdown]
 # On every validation tumor slice, the pointing game (notebook 02) before and after the correction. This
-# classifier's maps sit nearly half a cell up (3.5 pixels, 14 mm) and a whole cell to the right (8 pixels,
-# 32 mm) of the evidence. That puts the peak cell beside the lesion: pointing rises from 0.305 to 0.754 (visible
-# lesions 0.336 to 0.811) once the maps are moved back. The cell AUC stays 0.96: moving a smooth map by a cell
+# classifier's maps sit over half a cell up (4.5 pixels, 18 mm) and a whole cell to the right (8 pixels,
+# 32 mm) of the evidence. That puts the peak cell beside the lesion: pointing rises from 0.290 to 0.783 (visible
+# lesions 0.319 to 0.832) once the maps are moved back. The cell AUC barely moves (0.961 to 0.969): moving a smooth map by a cell
 # hardly reorders cells across slices, but it changes which cell of a slice is the peak, and the peak is what
 # Algorithm 1 scales $t$ by.
 
@@ -346,14 +346,16 @@ if head_epochs:
     display(heads.round(3))
 
 # %% [markdown]
-# Under GAP + FC, GradCAM and CAM share their peak (ReLU does not move a positive maximum), so their pointing
-# is the same (0.266). These are the maps as the networks give them, not moved back by $d$ (section 8), so all
-# pointing numbers here are lower than the 0.754 of section 8; the comparison between heads is still fair.
-# Under the authors' head GradCAM is a different map in principle; the table says how far it moves here (the
-# head trained 2 epochs, val AUC 0.926 and 0.928; 64 slices; ScoreCAM with the demo's `scorecam_topk`).
-# GradCAM++'s correlation with GradCAM is 0.976 under the authors' head (0.958 under GAP + FC), and GradCAM
-# points exactly as under GAP + FC (0.266; GradCAM++ 0.297); its cell AUC 0.961 lies beside GradCAM++'s 0.966.
-# ScoreCAM points best under both heads (0.609 and 0.625) even on maps not moved back: its channel weights come
+# Under GAP + FC, GradCAM and CAM share their peak wherever CAM is positive somewhere (ReLU does not move a
+# positive maximum): here on 63 of the 64 slices; on the last CAM is negative everywhere, GradCAM is zero and its
+# peak is an arbitrary cell (pointing 0.203 against 0.219; on visible lesions both 0.236). These are the maps as
+# the networks give them, not moved back by $d$ (section 8), so all pointing numbers here are lower than the
+# 0.783 of section 8; the comparison between heads is still fair. Under the authors' head GradCAM is a different
+# map in principle; the table says how far it moves here (the head trained 2 epochs, val AUC 0.951 and 0.953;
+# 64 slices; ScoreCAM with the demo's `scorecam_topk`). GradCAM++'s correlation with GradCAM is 0.978 under the
+# authors' head (0.969 under GAP + FC), and GradCAM points slightly *better* there than under GAP + FC (0.266
+# against 0.203; GradCAM++ 0.281 against 0.219); its cell AUC 0.952 lies beside GradCAM++'s 0.964.
+# ScoreCAM points best under both heads (0.641 and 0.625) even on maps not moved back: its channel weights come
 # from masked forward passes rather than from the head's weights, and here they favour channels whose maps
 # sit closer to the lesion.
 # On the demo the authors' head does **not** reproduce the paper's gap: the head alone does not make GradCAM

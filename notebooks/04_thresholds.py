@@ -126,16 +126,16 @@ print("from scratch == segment.algorithm1:",
 # **The gate (Algorithm 1, line 1).** Only slices the classifier calls tumorous are segmented, and every wrongly
 # called slice adds a false region. The paper reads "calls tumorous" as $p \ge 0.5$. A classifier trained on
 # balanced epochs is calibrated to a 50 % prior, while only about 13 % of the slices hold tumor, so at 0.5 it
-# tends to call too many (this classifier: 1,129 of the 4,154 validation and test slices, 27 %, notebook 02).
+# tends to call too many (this classifier: 960 of the 4,154 validation and test slices, 23 %, notebook 02).
 # With `gate = "tuned"` (the demo) the threshold is chosen on the validation studies together with $t$ and $q$:
 # for each candidate in `gate_grid` every method's $(t, q)$ search runs on the slices above it, and the gate
 # whose methods reach the highest mean validation Dice is kept (never the test split). The demo's grid runs
-# from the paper's 0.5 to 0.99, and here 0.95 wins (table below: 212 validation slices called, 173 of them with
-# lesion, against 576 and 236 at 0.5). Every method's Dice rises with the gate, from 0.25–0.26 at 0.5 to
-# 0.41–0.42 at 0.9 and 0.95, dips at 0.98 (0.37 for all four methods) and recovers at 0.99 (0.40–0.41). The
-# means at 0.9 and 0.95 differ by 0.001, so the win is narrow, and the dip at 0.98 shows how far one study can
-# move a median of 12. The strict gate leaves out 63 of the lesion slices that 0.5 maps, and still scores
-# higher: here that costs less than the false regions of the 340 wrongly called slices at 0.5 (39 at 0.95).
+# from the paper's 0.5 to 0.99, and here 0.95 wins (table below: 232 validation slices called, 197 of them with
+# lesion, against 480 and 242 at 0.5). Every method's Dice rises with the gate, from 0.29–0.31 at 0.5 to
+# 0.42–0.45 at 0.9 and 0.44–0.47 at 0.95, then falls to 0.41–0.44 at 0.98 and 0.99. The means at 0.9 and 0.95
+# differ by 0.017, about what one study can move a median of 12. The strict gate leaves out 45 of the lesion
+# slices that 0.5 maps, and still scores higher: here that costs less than the false regions of the 238 wrongly
+# called slices at 0.5 (35 at 0.95).
 
 # %%
 gates = cfg.gates
@@ -173,13 +173,13 @@ table.round(3)
 
 # %% [markdown]
 # **Reading the table.** All four optima lie inside the demo's grid, at the same $q$ (96.4) and neighbouring
-# $t$: 0.19 for CAM and GradCAM, 0.28 for GradCAM++ and ScoreCAM, with validation Dice 0.41–0.42. The mask is
-# the hottest 3.6 % of the SUV in the region (for CAM at $t = 0.19$ the region is on average 13.5 % of the
-# 16×16 cells of the 212 gated validation slices). The optimum is sharp in $q$ and flatter in $t$: one grid
-# step of $q$ up (99) scores 0.28–0.30, one step down (93.8) 0.31–0.35, one step of $t$ either way 0.33–0.41.
+# $t$: 0.28 for CAM, GradCAM++ and ScoreCAM, 0.19 for GradCAM, with validation Dice 0.44–0.47. The mask is
+# the hottest 3.6 % of the SUV in the region (for CAM at $t = 0.28$ the region is on average 8.8 % of the
+# 16×16 cells of the 232 gated validation slices). The optimum is sharp in $q$ and flatter in $t$: one grid
+# step of $q$ up (99) scores 0.33–0.37, one step down (93.8) 0.34–0.38, one step of $t$ either way 0.37–0.43.
 # With 12 validation studies the median is the mean of the 6th and 7th study's Dice, so a single study can move
 # such a peak. The surfaces above show the ridge: a lower $t$ (a larger region) wants a higher $q$. At the
-# paper's $(t, q)$ the validation Dice is 0.04–0.06: a 31st–35th percentile keeps most of a 32 mm region, far
+# paper's $(t, q)$ the validation Dice is 0.04–0.05: a 31st–35th percentile keeps most of a 32 mm region, far
 # more than the lesion. Exercise 4 widens the grid on the validation split to check that the optimum stays.
 
 # %% [markdown]
@@ -231,16 +231,17 @@ pd.Series({k: record[k] for k in ("gate_threshold", "slices_called", "gate_preci
 
 # %% [markdown]
 # **Which stage limits this run.** A perfect region at 32 mm cells would allow 0.67 (the ceiling); the maps
-# reach 0.40 (ScoreCAM) to 0.49 (GradCAM) on all truly tumorous slices (CAM 0.42, GradCAM++ 0.44) and
-# 0.41–0.42 with the tuned gate ($p \ge 0.95$: precision 0.82, recall 0.64 on the validation slices). The
-# **maps** cost most (0.18–0.27 below the ceiling): even when the CAM peaks on the lesion (81 % of the visible
+# reach 0.42 (CAM) to 0.51 (GradCAM) on all truly tumorous slices (GradCAM++ 0.49, ScoreCAM 0.45) and
+# 0.44–0.47 with the tuned gate ($p \ge 0.95$: precision 0.85, recall 0.72 on the validation slices). The
+# **maps** cost most (0.16–0.25 below the ceiling): even when the CAM peaks on the lesion (83 % of the visible
 # validation slices, notebook 02) its region above $t$ is a set of 32 mm cells that hold the lesion and much
 # else, and one SUV percentile cannot cut the lesion out of a region it fills only partly. The **gate** costs
-# less and not every method: against the oracle GradCAM loses 0.08 (0.406 against 0.486), GradCAM++ 0.03 and
-# CAM 0.01, while ScoreCAM gains 0.02 (0.424 against 0.400; the oracle is no upper bound, see above). The gate
-# skips about a third of the validation lesion slices (recall 0.64), and its 39 false calls can only add false
-# voxels. It also evens out the methods that the oracle separates (0.41–0.42 against 0.40–0.49). The paper's
-# validation result is not reached.
+# less and not every method: against the oracle GradCAM loses 0.06 (0.453 against 0.515), GradCAM++ 0.03 and
+# ScoreCAM 0.01, while CAM gains 0.02 (0.447 against 0.423; the oracle is no upper bound, see above). The gate
+# skips about a quarter of the validation lesion slices (recall 0.72), and its 35 false calls can only add false
+# voxels. It also evens out the methods that the oracle separates (0.44–0.47 against 0.42–0.51). The paper's
+# test Dice (CAM 0.46, GradCAM++ 0.42, ScoreCAM 0.47) is about what these maps reach on validation; the test
+# split is read once, in notebook 06.
 
 # %% [markdown]
 # ## 5. Explore $t$ and $q$
@@ -293,8 +294,8 @@ print(f"CAM at t = {t:.3f}, q = {q:.2f}: median validation Dice {dice_of(masks_g
 # percentile's position (when the index $(n-1)q/100$ is an integer). Ties do occur at SUV 0: air outside the
 # body is exactly 0, so a region that reaches into the air with a low $q$ has $t_q = 0$, and there $\ge$ keeps
 # every air voxel of the region while $>$ keeps none. When the printed smallest $t_q$ is above 0 no such tie
-# exists, and the two readings differ by the printed handful of voxels at most (here $t_q \ge 0.678$ and none of
-# the 16,895 mask voxels differs).
+# exists, and the two readings differ by the printed handful of voxels at most (here $t_q \ge 0.852$ and none of
+# the 12,120 mask voxels differs).
 #
 # **2.** Show that thresholding the CAM and then upscaling by nearest neighbour gives the same region as
 # upscaling first and thresholding afterwards, but not with bilinear upscaling.
@@ -334,9 +335,10 @@ for m in methods:
 # %% [markdown]
 # The mean is pulled by the studies that fail completely (Dice near 0, e.g. lesions the classifier never
 # gates) and by a few very good ones; the median follows the typical patient, which is what the paper reports.
-# Here the two differ for every method: the mean picks a higher $t$ (0.28–0.46 against the median's 0.19–0.28,
-# a smaller region), at the same $q$ except for CAM ($q = 93.84$). The median follows the 6th and 7th study, which a
-# larger region serves best; the mean also counts the studies at both ends.
+# Here the two differ for every method: the mean picks a higher $t$ (0.46–0.72 against the median's 0.19–0.28,
+# a smaller region), and for CAM, GradCAM and GradCAM++ a lower $q$ (88.7–91.3, a larger share of that smaller
+# region; ScoreCAM keeps $q = 96.42$). The median follows the 6th and 7th study, which a larger region serves best;
+# the mean also counts the studies at both ends.
 #
 # **4.** Search a wider grid than the demo's on the validation split ($t$ down to 0.02, $q$ up to 99.9) for CAM
 # at the tuned gate. Does the validation Dice rise, and what does the optimum say about the role of the map?
@@ -354,9 +356,9 @@ print(f"wide grid ({len(t_wide)} x {len(q_wide)}): t = {wide.params['t']:.3f}, q
 
 # %% [markdown]
 # The wider grid contains the demo's, so its best Dice can only be the same or higher. Here the optimum stays
-# where it was ($t = 0.189$, $q = 96.42$, 0.413 on both grids): neither a smaller $t$ (0.02, 0.05) nor a higher
+# where it was ($t = 0.278$, $q = 96.42$, 0.447 on both grids): neither a smaller $t$ (0.02, 0.05) nor a higher
 # $q$ (99.5, 99.9) does better, so the demo's grid is wide enough for CAM and its optimum lies inside it. The
-# optimum says what the map does here: at $t = 0.19$ the region is about a seventh of the map's cells (section
+# optimum says what the map does here: at $t = 0.28$ the region is about an eleventh of the map's cells (section
 # 2) and the mask is the hottest 3.6 % of it. The map chooses the slice (the gate) and the area to look at, and
 # a per-slice relative SUV threshold does the rest. Choosing the grid from this is tuning on validation; the test split is still read
 # once, in notebook 06.
