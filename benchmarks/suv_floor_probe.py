@@ -25,7 +25,7 @@ MASKS = ("cam", "gradcam", "gradcampp", "scorecam", "threshold", "unet")
 
 
 def component_kinds(pred: np.ndarray, truth: np.ndarray) -> pd.DataFrame:
-    """Per 18-connected component of `pred`: voxels, false voxels, SUV-free kind (hits lesion / apart / tumor-free)."""
+    """Per 18-connected component of `pred`: where it sits (hits lesion, apart on a tumor slice, on tumor-free slices)."""
     labels, _ = metrics.components(pred)
     tumor_slice = truth.any(axis=(1, 2))
     rows = []
@@ -72,7 +72,8 @@ def floor_table(run_dir: Path, floors: list[float]) -> pd.DataFrame:
             inter, pred = segment.algorithm1_counts(whole, data.suv, data.gt, (0.0,), (0.0,), floor=floor)
             oracle = segment.tune(inter * truly[:, None, None], pred * truly[:, None, None], data.rows["study_id"],
                                   data.gt_total, {"t": (0.0,), "q": (0.0,)})
-            row.update({"floor alone": alone["floor"].dice, "its gate": gate_alone, "floor alone, oracle gate": oracle.dice})
+            row.update({"floor alone": alone["floor"].dice, "its gate": gate_alone,
+                        "floor alone, oracle gate": oracle.dice})
         rows.append(row)
     return pd.DataFrame(rows).set_index("floor")
 
