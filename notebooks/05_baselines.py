@@ -194,9 +194,10 @@ print(f"{len(studies)} studies written to masks/unet/")
 # nothing, and notebook 06 has no CAM → U-Net row. The README's measurement with `-p cam_unet_epochs=12` comes
 # from a chain whose classifier gate was 0.7 (so CAM's $t$ and $q$ were tuned at that gate, not at this
 # notebook's): a median pseudo-label Dice of 0.14 on the training studies and a test median Dice of 0.33 for the
-# CAM → U-Net, against 0.29 for CAM and 0.48 for the supervised U-Net in that chain. With this run's classifier
-# (LSUV start, 24 epochs, maps moved back by their displacement, gate 0.95; CAM 0.41 on test, notebook 06) it
-# has not been measured.
+# CAM → U-Net, against 0.29 for CAM and 0.48 for the supervised U-Net in that chain. Re-measured on this run's
+# classifier (a copy of this run with `-p cam_unet_epochs=12`, README): pseudo-labels of median Dice 0.36 on the
+# training studies, a validation Dice of 0.30 and a test Dice of 0.27, below CAM's 0.41 (notebook 06): the
+# pseudo-labels, cut from 32 mm cells, are still what limits it.
 
 # %%
 if cfg.cam_unet_epochs:
