@@ -165,14 +165,14 @@ print(f"{len(studies)} studies written to masks/unet/")
 # pooled Dice 0.639 at 0.5 (`unet/history.csv` has both). The pooled curve (middle panel) jumps even more from
 # one epoch to the next than the per-study one (right; 0.46 at epoch 21, 0.64 at 22, 0.51 at 23), and both
 # criteria keep epoch 22 here; its tuned threshold is the lowest of the grid, where the earlier epochs wanted
-# 0.7–0.95. On the test studies (notebook 06) the median per-patient Dice is only 0.43, above every weakly
+# 0.6–0.95. On the test studies (notebook 06) the median per-patient Dice is only 0.43, above every weakly
 # supervised method (0.39–0.41) and the global threshold (0.30) but by little, with an MTV agreement of ICC
 # 0.88. Its test masks carry a median 56 ml of false volume per study, most of it on slices without tumor
-# (physiological uptake: 43 ml per study there; `python -m benchmarks.suv_floor_probe`, README): validation
-# chose an epoch and a threshold that the test studies' physiology punishes. The global threshold, behind the
+# (physiological uptake, on average 43 ml per study: `benchmarks.suv_floor_probe.false_volume_table` on the
+# test split): validation chose an epoch and a threshold that the test studies' physiology punishes. The global threshold, behind the
 # same classifier gate ($p \ge 0.95$), scores below all four maps (0.30 against 0.39–0.41) and near the
 # paper's 0.29. In notebook 06's Wilcoxon table no difference survives Holm's correction (the smallest Holm
-# $p$ 0.14: GradCAM and GradCAM++ against the U-Net, CAM against GradCAM++). The U-Net is far from the paper's
+# $p$ 0.14: GradCAM against the U-Net, CAM against GradCAM++). The U-Net is far from the paper's
 # 0.72 (200 epochs on 272 patients at full width) and misses the target of 0.65.
 
 # %% [markdown]
