@@ -19,7 +19,6 @@ import pandas as pd
 from scipy import ndimage
 
 from wsseg_nb import infer, metrics, report, segment
-from wsseg_nb.slices import SliceStore
 
 MASKS = ("cam", "gradcam", "gradcampp", "scorecam", "threshold", "unet")
 
@@ -39,19 +38,15 @@ def component_kinds(pred: np.ndarray, truth: np.ndarray) -> pd.DataFrame:
 
 def false_volume_table(run_dir: Path, split: str = "val", methods: tuple[str, ...] = MASKS) -> pd.DataFrame:
     """False volume (ml) and components per study, by kind and method, from the run's masks on one split."""
-    store = SliceStore(run_dir / "store")
-    frames = []
-    studies = report.split_studies(store, split)["study_id"]
-    for study_id in studies:
-        study = store.study(study_id)
-        truth = study.mask.astype(bool)
-        ml = metrics.voxel_volume_ml(study.meta["spacing_mm"])
-        for m in methods:
-            kinds = component_kinds(report.load_mask(run_dir, m, study_id, truth.shape), truth)
+    frames, studies = [], 0
+    for _, _, study, preds in report.split_masks(run_dir, split, methods, f"false volume {split}"):
+        truth, ml, studies = study.mask.astype(bool), metrics.voxel_volume_ml(study.meta["spacing_mm"]), studies + 1
+        for m, pred in preds.items():
+            kinds = component_kinds(pred, truth)
             frames.append(kinds.assign(method=m, false_ml=kinds["false_voxels"] * ml))
     parts = pd.concat(frames, ignore_index=True)
     table = parts.groupby(["method", "kind"]).agg(components=("voxels", "size"), false_ml=("false_ml", "sum"))
-    return (table / len(studies)).unstack("kind", fill_value=0.0).reindex(list(methods))
+    return (table / studies).unstack("kind", fill_value=0.0).reindex(list(methods))
 
 
 def floor_table(run_dir: Path, floors: list[float]) -> pd.DataFrame:
@@ -61,7 +56,7 @@ def floor_table(run_dir: Path, floors: list[float]) -> pd.DataFrame:
     data = segment.load_gated(run_dir, ("val",)).select("val")
     cams = {m: segment.load_cams(run_dir, m, data.rows) for m in c.cam_methods}
     whole = np.ones((len(data.suv), 1, 1), np.float32)  # t = 0, q = 0: every voxel of the slice, cut at the floor
-    truly = (data.rows["label"] > 0).to_numpy()
+    oracle, truly = data.oracle(), (data.rows["label"] > 0).to_numpy()
     rows = []
     for floor in floors:
         gate, tuned, _ = segment.tune_with_gate(cams, data, c.t_grid, c.q_grid, c.gates, floor=floor)
@@ -69,11 +64,10 @@ def floor_table(run_dir: Path, floors: list[float]) -> pd.DataFrame:
         row.update({f"{m} (t, q)": f"{tu.params['t']:.2f}, {tu.params['q']:.1f}" for m, tu in tuned.items()})
         if floor > 0:
             gate_alone, alone, _ = segment.tune_with_gate({"floor": whole}, data, (0.0,), (0.0,), c.gates, floor=floor)
-            inter, pred = segment.algorithm1_counts(whole, data.suv, data.gt, (0.0,), (0.0,), floor=floor)
-            oracle = segment.tune(inter * truly[:, None, None], pred * truly[:, None, None], data.rows["study_id"],
-                                  data.gt_total, {"t": (0.0,), "q": (0.0,)})
+            on_oracle = segment.tune_algorithm1(whole[truly], oracle.suv, oracle.gt, oracle.rows["study_id"],
+                                                oracle.gt_total, (0.0,), (0.0,), floor=floor)
             row.update({"floor alone": alone["floor"].dice, "its gate": gate_alone,
-                        "floor alone, oracle gate": oracle.dice})
+                        "floor alone, oracle gate": on_oracle.dice})
         rows.append(row)
     return pd.DataFrame(rows).set_index("floor")
 

@@ -96,7 +96,7 @@ def load_mask(run: Any, method: str, study_id: str, shape: tuple[int, ...]) -> n
     return mask.astype(bool, copy=False)
 
 
-def _split_masks(run: Any, split: str, methods: Sequence[str], desc: str) -> Iterator[tuple[str, str, Any, dict[str, np.ndarray]]]:
+def split_masks(run: Any, split: str, methods: Sequence[str], desc: str) -> Iterator[tuple[str, str, Any, dict[str, np.ndarray]]]:
     """(study_id, diagnosis, store study, {method: mask}) for each study of a split, with a progress bar."""
     from .slices import SliceStore
 
@@ -117,7 +117,7 @@ def run_methods(config: Any) -> list[str]:
 def evaluate_run(run: Any, split: str = "test", methods: Sequence[str] = METHODS) -> pd.DataFrame:
     """Per-study metrics of every method on one split: one row per (study, method) (notebook 06)."""
     frames = []
-    for study_id, diagnosis, study, preds in _split_masks(run, split, methods, f"evaluate {split}"):
+    for study_id, diagnosis, study, preds in split_masks(run, split, methods, f"evaluate {split}"):
         frame = metrics.per_study_metrics(study_id, study.suv, study.mask, preds, study.meta["spacing_mm"])
         frame.insert(1, "diagnosis", diagnosis)
         frames.append(frame)
@@ -288,7 +288,7 @@ def export_nifti_masks(run: Any, methods: Sequence[str] = METHODS, split: str = 
 
     out = _run_dir(run) / "results" / "nifti"
     written = []
-    for study_id, _, study, preds in _split_masks(run, split, methods, "export NIfTI"):
+    for study_id, _, study, preds in split_masks(run, split, methods, "export NIfTI"):
         affine = np.asarray(study.meta["affine"], dtype=np.float64)
         volumes = {"truth": np.asarray(study.mask, dtype=np.uint8)}
         if images:

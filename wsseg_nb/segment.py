@@ -290,9 +290,9 @@ def tune(inter: np.ndarray, pred: np.ndarray, slice_study: Sequence[str], gt_tot
 
 def tune_algorithm1(cam: np.ndarray, suv: np.ndarray, gt: np.ndarray, slice_study: Sequence[str],
                     gt_total: pd.Series, t_grid: Sequence[float], q_grid: Sequence[float],
-                    desc: str = "algorithm 1") -> Tuned:
+                    desc: str = "algorithm 1", floor: float = 0.0) -> Tuned:
     """The paper's grid search for one CAM method: t x q, objective median per-patient Dice (notebook 04)."""
-    inter, pred = algorithm1_counts(cam, suv, gt, t_grid, q_grid, desc=desc)
+    inter, pred = algorithm1_counts(cam, suv, gt, t_grid, q_grid, desc=desc, floor=floor)
     return tune(inter, pred, slice_study, gt_total, {"t": t_grid, "q": q_grid})
 
 
