@@ -63,6 +63,9 @@ def test_settings_table_shows_values_with_their_sources() -> None:
         settings_table(demo, ["no_such"])
     with pytest.raises(ValueError, match="unet_threshold_grid"):
         get_config("demo", unet_threshold_grid=(0.5, 1.0))
+    for key, decay in (("unet_ema", 1.0), ("cls_ema", -0.1)):
+        with pytest.raises(ValueError, match=key):
+            get_config("demo", **{key: decay})
 
 
 def test_unknown_profile_is_rejected() -> None:

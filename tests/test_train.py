@@ -128,14 +128,15 @@ def test_balanced_fit_visits_twice_the_tumor_slices_and_guards_resume(tmp_path: 
 
 def _fit(out: Path, epochs: int, lr: float = 0.05, workers: int = 0, n_train: int = 16,
          adam: bool = False, sampling: str = "all", schedule: str = "constant", warmup: float = 0.0,
-         probe=None, select: str | None = None, ct_dropout: float = 0.0) -> tuple[VGG16CAM, pd.DataFrame]:
+         probe=None, select: str | None = None, ct_dropout: float = 0.0,
+         ema: float = 0.0) -> tuple[VGG16CAM, pd.DataFrame]:
     torch.manual_seed(0)
     model = VGG16CAM(width=1 / 16)
     opt = torch.optim.Adam(model.parameters(), lr=lr) if adam else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     hist = train.fit(model, opt, ToySlices(n_train, 1), ToySlices(16, 2), kind="classifier", out_dir=out, epochs=epochs,
                      batch=8 if adam else 4, pos_weight=7.7, seed=3, device=torch.device("cpu"), workers=workers,
                      sampling=sampling, schedule=schedule, warmup_epochs=warmup, probe=probe, select=select,
-                     ct_dropout=ct_dropout, hparams={"lr": lr})
+                     ct_dropout=ct_dropout, ema_decay=ema, hparams={"lr": lr})
     return model, hist
 
 
@@ -164,6 +165,42 @@ def test_ct_dropout_changes_training_and_guards_resume(tmp_path: Path) -> None:
     assert "ct_dropout" not in torch.load(tmp_path / "plain" / "last.pt", weights_only=False)["hparams"]
     with pytest.raises(ValueError, match=r"differ in \['ct_dropout'\]"):
         _fit(tmp_path / "drop", 2)
+
+
+def test_ema_model_by_hand() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
+    ema = train.ema_model(model, 0.9)
+    ema.update_parameters(model)  # the first update copies
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].running_mean.fill_(2.0)
+    ema.update_parameters(model)
+    assert torch.allclose(ema.module[0].weight, model[0].weight - 0.9)  # 0.9 * w + 0.1 * (w + 1)
+    assert torch.allclose(ema.module[1].running_mean, torch.tensor([0.2]))  # buffers too: 0.9 * 0 + 0.1 * 2
+    for bad in (0.0, 1.0, -0.5):
+        with pytest.raises(ValueError, match="ema_decay must lie in"):
+            train.ema_model(model, bad)
+
+
+def test_ema_fit_trains_the_same_weights_scores_the_average_and_resumes_exactly(tmp_path: Path) -> None:
+    plain, _ = _fit(tmp_path / "plain", 3)
+    _fit(tmp_path / "a", 2, ema=0.9)
+    resumed, hist = _fit(tmp_path / "a", 3, ema=0.9)
+    straight, _ = _fit(tmp_path / "b", 3, ema=0.9)
+    for (name, p), q, r in zip(resumed.state_dict().items(), straight.state_dict().values(),
+                               plain.state_dict().values()):
+        assert torch.equal(p, q) and torch.equal(p, r), name  # the average only reads the weights
+    last_a, last_b = (torch.load(tmp_path / d / "last.pt", weights_only=False) for d in "ab")
+    for (name, p), q in zip(last_a["ema"].items(), last_b["ema"].values()):
+        assert torch.equal(p, q), name
+    average = VGG16CAM(width=1 / 16)
+    average.load_state_dict({k.removeprefix("module."): v for k, v in last_a["ema"].items() if k != "n_averaged"})
+    assert any(not torch.equal(p, q) for p, q in zip(average.state_dict().values(), plain.state_dict().values()))
+    val = train.evaluate(average, train._loader(ToySlices(16, 2), 4, 0, torch.device("cpu")), "classifier", 7.7,
+                         torch.device("cpu"))
+    assert val["loss"] == pytest.approx(hist["val_loss"].iloc[-1], rel=1e-5)  # what was validated is the average
+    with pytest.raises(ValueError, match=r"differ in \['ema_decay'\]"):
+        _fit(tmp_path / "plain", 4, ema=0.9)
 
 
 def test_lr_factor_by_hand() -> None:

@@ -157,5 +157,5 @@ def train_cam_unet(run: Run, resume: bool = True) -> pd.DataFrame:
     return fit(model, optimizer, PseudoLabelDataset(run.store, path), val_set, kind="unet", out_dir=run.dir / FOLDER,
                epochs=c.cam_unet_epochs, batch=c.unet_batch, pos_weight=c.unet_pos_weight, seed=c.seed,
                device=run.device, workers=c.workers, engine=c.augment_engine, sampling=c.unet_sampling,
-               schedule=c.unet_schedule, select=c.unet_select, thresholds=c.unet_threshold_grid, hparams=hparams,
-               resume=resume)
+               schedule=c.unet_schedule, select=c.unet_select, thresholds=c.unet_threshold_grid,
+               ema_decay=c.unet_ema, hparams=hparams, resume=resume)

@@ -307,13 +307,22 @@ def selection_score(rows: dict[str, float] | pd.DataFrame, select: str) -> float
     return float(np.prod([rows[k] for k in columns]))
 
 
+def ema_model(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """A copy of `model` whose weights and buffers track theta_ema <- decay * theta_ema + (1 - decay) * theta."""
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"ema_decay must lie in (0, 1), got {decay}")
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset, val_set: Dataset, *,
         kind: str, out_dir: Path, epochs: int, batch: int, pos_weight: float, seed: int,
         device: torch.device, workers: int = 0, engine: str = "torch", sampling: str = "all",
         pool_fraction: float = 0.0, probe: Callable[[torch.nn.Module], dict[str, float]] | None = None,
         select: str | None = None, schedule: str = "constant", warmup_epochs: float = 0.0,
         thresholds: Sequence[float] = (0.5,), ct_dropout: float = 0.0, level_matched: bool = False,
-        hparams: dict[str, Any] | None = None, resume: bool = True) -> pd.DataFrame:
+        ema_decay: float = 0.0, hparams: dict[str, Any] | None = None, resume: bool = True) -> pd.DataFrame:
     """Train with augmentation; per epoch validate, write last.pt (atomic), best.pt and history.csv; resume from last.pt.
 
     An epoch visits every training slice (`sampling="all"`), or every tumor slice plus as many tumor-free ones
@@ -327,6 +336,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
     resumed run ends with the same weights as an uninterrupted one (notebooks 02, 05). `ct_dropout` is the share
     of training slices whose CT channel is blanked after augmentation (`augment.drop_ct`). `level_matched` draws a
     balanced epoch's other tumor-free slices at the tumor slices' body levels (`level_matched_weights`).
+    With `ema_decay` > 0 an exponential moving average of the weights and BatchNorm statistics (`ema_model`),
+    updated after every step, is what is validated and written to best.pt; `model` keeps the raw weights.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -340,11 +351,15 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
         hparams["ct_dropout"] = ct_dropout
     if level_matched:
         hparams["level_matched"] = True
+    if ema_decay > 0:
+        hparams["ema_decay"] = ema_decay
     if schedule == "cosine":  # the decay depends on the total: a longer resumed run would change past epochs' lr
         hparams["epochs"] = epochs
     model.to(device, memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    ema = ema_model(model, ema_decay) if ema_decay > 0 else None
+    scored = model if ema is None else ema.module
     start, history, best = 0, [], -np.inf
     last_path = out_dir / "last.pt"
     if resume and last_path.exists():
@@ -357,6 +372,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
                              f"{[hparams.get(k) for k in changed]}); use another run_dir or resume=False")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         start, history, best = state["epoch"], state["history"], state["best"]
     base_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
     for group, base in zip(optimizer.param_groups, base_lrs):
@@ -386,6 +403,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
             loss_sum += loss.detach()
             steps += 1
             bar.update()
@@ -394,9 +413,9 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
             t_fetch = time.perf_counter()
         bar.close()
         train_time = time.perf_counter() - t0
-        val = evaluate(model, val_loader, kind, pos_weight, device, thresholds)
+        val = evaluate(scored, val_loader, kind, pos_weight, device, thresholds)
         if probe is not None:
-            val.update(probe(model))
+            val.update(probe(scored))
         row = {"epoch": epoch + 1, "train_loss": float(loss_sum) / max(steps, 1),
                **{f"val_{k}": v for k, v in val.items()},
                "train_s": train_time, "data_wait_s": wait, "val_s": time.perf_counter() - t0 - train_time}
@@ -405,11 +424,11 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
         score = -np.inf if np.isnan(score) else score
         if score > best:
             best = score
-            _save_atomic({"model": model.state_dict(), "epoch": epoch + 1, "metrics": row, "hparams": hparams},
+            _save_atomic({"model": scored.state_dict(), "epoch": epoch + 1, "metrics": row, "hparams": hparams},
                          out_dir / "best.pt")
         _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                      "history": history, "best": best, "hparams": hparams, "version": CHECKPOINT_VERSION},
-                     last_path)
+                      "history": history, "best": best, "hparams": hparams, "version": CHECKPOINT_VERSION,
+                      **({"ema": ema.state_dict()} if ema is not None else {})}, last_path)
         write_csv_atomic(out_dir / "history.csv", pd.DataFrame(history))
     model.eval()
     return pd.DataFrame(history)
@@ -470,8 +489,8 @@ def train_classifier(run: Run, resume: bool = True, folder: str = "classifier",
                pool_fraction=c.cls_near_negatives,
                probe=pointing_probe(val_set.store, "val", align=c.cam_align == "flip"),
                select=c.cls_select, schedule=c.cls_schedule, warmup_epochs=c.cls_warmup_epochs,
-               ct_dropout=c.cls_ct_dropout, level_matched=c.cls_negative_levels == "matched", hparams=hparams,
-               resume=resume)
+               ct_dropout=c.cls_ct_dropout, level_matched=c.cls_negative_levels == "matched", ema_decay=c.cls_ema,
+               hparams=hparams, resume=resume)
 
 
 LSUV_SLICES = 64
@@ -508,7 +527,7 @@ def train_unet(run: Run, resume: bool = True) -> pd.DataFrame:
     return fit(model, optimizer, *_datasets(run), kind="unet", out_dir=run.dir / "unet", epochs=c.unet_epochs,
                batch=c.unet_batch, pos_weight=c.unet_pos_weight, seed=c.seed, device=run.device, workers=c.workers,
                engine=c.augment_engine, sampling=c.unet_sampling, schedule=c.unet_schedule, select=c.unet_select,
-               thresholds=c.unet_threshold_grid, hparams=hparams, resume=resume)
+               thresholds=c.unet_threshold_grid, ema_decay=c.unet_ema, hparams=hparams, resume=resume)
 
 
 def unet_threshold(path: str | os.PathLike[str]) -> float:
