@@ -227,7 +227,7 @@ table1
 #   gate tuned on 12 validation studies carry over to the 12 test studies with a loss of 0.04–0.07. The
 #   target of 0.45 for CAM, GradCAM++ and ScoreCAM is missed (0.39–0.41). On test the maps' masks are too
 #   large: a median false-positive volume of 52–64 ml per study in 38–47 false-positive components (the
-#   threshold 74 ml in 23, the U-Net 56 ml in 10).
+#   threshold 74 ml in 23, the U-Net 45 ml in 7).
 # * **Against the threshold.** The global threshold (0.30, paper 0.29) lies below all four maps (0.39–0.41),
 #   so the target "threshold below every map" is met. Study by study the difference is not significant: the
 #   median paired difference map − threshold is +0.09 (GradCAM) to +0.12 (CAM), p = 0.13–0.30, Holm 0.91–1.0.
@@ -245,15 +245,17 @@ table1
 #   0.09, Holm 0.83): with GAP + one FC layer GradCAM *is* ReLU(CAM) (notebook 03), so the paper's gap cannot
 #   appear. The two differ only in the normalisation (CAM's 0 is its most negative value, GradCAM's is 0), so
 #   one $t$ cuts slightly different regions.
-# * **The U-Net** (0.43, paper 0.72) has the highest median of this run, but only just, and study by study it
-#   is not significantly above any method (median paired difference map − U-Net −0.055 to −0.080, Holm
-#   $p$ 0.14–0.88; threshold − U-Net −0.14, Holm 0.16; 12 studies). Its spread is the widest (IQR 0.32). It
-#   misses the target of 0.65 by far: on validation it scored 0.57 (epoch 22 of 24 at $p \ge 0.5$, notebook 05),
-#   and on test its masks carry a median 56 ml of false volume, most of it on slices without tumor. It
-#   overestimates every one of the 12 burdens (bias +68 ml; median |ΔMTV| 67 ml, paper 17 ml), yet its MTV ICC
-#   is the highest, 0.88 (paper 0.94), because it follows the large burdens; its TLG is far too high (median
-#   |ΔTLG| 423 g, paper 50 g: the false volume lies on bright physiology). It finds the most lesions
-#   (sensitivity 0.85) with the fewest false-positive components.
+# * **The U-Net** (0.45, paper 0.72) has the highest median of this run, but only just, and study by study it
+#   is not above any map (median paired difference map − U-Net −0.020 to +0.010, Holm $p$ 1.0; threshold −
+#   U-Net −0.14, Holm 1.0; 12 studies). Its spread is the widest (IQR 0.40): 0.73–0.75 on the three largest
+#   lung-cancer burdens, 0.02–0.24 on three of the four melanoma studies. It misses the target of 0.65 by far:
+#   on validation it scored 0.56 (its averaged weights at epoch 12, $p \ge 0.8$, notebook 05), and on test its
+#   masks carry a median 45 ml of false volume, most of it on slices without tumor, while the strict threshold
+#   leaves lesions out (sensitivity 0.61, the lowest here; it finds 2 of 12 lesions in one melanoma study). It
+#   overestimates 10 of the 12 burdens (bias +29 ml; median |ΔMTV| 29 ml, the smallest here, paper 17 ml), and
+#   its MTV ICC is the highest, 0.95 (paper 0.94), because it follows the large burdens (233 → 246 ml, 445 →
+#   430 ml); its TLG is still far too high (median |ΔTLG| 355 g, paper 50 g: the false volume lies on bright
+#   physiology). It has the fewest false-positive components (7.2 per study).
 # * **The limiting stage** (notebooks 02 and 04): the maps. On validation a perfect region of 32 mm cells would
 #   allow 0.67 (the ceiling); the maps reach 0.42–0.51 on exactly the tumorous slices and 0.44–0.47 behind the
 #   gate ($p \ge 0.95$, precision 0.85, recall 0.72). So the maps cost 0.16–0.25, and the gate at most 0.06
@@ -266,9 +268,9 @@ table1
 # ## 8. By diagnosis
 #
 # Lymphoma lesions are large and avid, melanoma metastases small and faint; the mix of diagnoses in a test set moves
-# every median. Here the maps and the U-Net score best on lung cancer (maps 0.41–0.47, U-Net 0.60; 6 studies),
+# every median. Here the maps and the U-Net score best on lung cancer (maps 0.41–0.47, U-Net 0.66; 6 studies),
 # the threshold on lymphoma (0.40, only 2 studies, where the maps reach 0.42–0.44). Every method scores worst on
-# melanoma (4 studies): the maps 0.20–0.23, the threshold 0.16, the U-Net 0.30. Note the small groups: the legend gives each n. The right panel shows the median
+# melanoma (4 studies): the maps 0.20–0.23, the threshold 0.16, the U-Net 0.21. Note the small groups: the legend gives each n. The right panel shows the median
 # false-positive volume on lesion-free studies, what each method segments where there is nothing; this test split
 # has none (n = 0), so the panel is empty, as is the summary's `negatives_fp_volume_ml_median` column (NaN).
 
@@ -362,8 +364,8 @@ print(f"U-Net, {n_u} studies with lesions: mean difference d = {d_bar:.1f} ml; M
 # stays the same. With two raters $MS_C = n\,\bar d^2 / 2$, $\bar d$ the mean difference estimate − truth;
 # the shift makes it $n(\bar d + 20)^2/2$. That grows only when $\bar d > -10$ ml (by $n \cdot 20^2/2$ exactly
 # when $\bar d = 0$), and then ICC(2,1) drops; for a method that under-estimates by more than 10 ml the same
-# shift would *raise* it. The printed $\bar d$ says which case this run's U-Net is in: $\bar d$ = +68.1 ml, an
-# over-estimate, so $MS_C$ grows (27,796 → 46,532) and ICC(2,1) drops (0.878 → 0.820), while ICC(3,1) does not
+# shift would *raise* it. The printed $\bar d$ says which case this run's U-Net is in: $\bar d$ = +29.1 ml, an
+# over-estimate, so $MS_C$ grows (5,066 → 14,439) and ICC(2,1) drops (0.953 → 0.908), while ICC(3,1) does not
 # move. The paper's choice penalises a systematic offset, whichever way it points.
 #
 # **3. 6- vs 18-connectivity.** How does the false-positive volume of GradCAM change with face-only
