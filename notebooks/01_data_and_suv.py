@@ -87,6 +87,10 @@ images.cohort_bar(cohort);
 # diagnosis (lung primaries and nodes, lymphoma nodal chains and spleen, small melanoma metastases) with
 # irregular shapes and heterogeneous uptake. The PET is blurred by a 5–7 mm FWHM point-spread function
 # (so small lesions lose much of their peak: the partial-volume effect) and carries correlated noise.
+# Next to the lesion sites lies the uptake that makes reading FDG PET hard (`phantom.PHYSIOLOGY`, with its
+# sources): segmental colon uptake (intense in some patients), the stomach wall, urine boluses in the ureters,
+# the tonsils, the oesophagus, benign FDG-avid lymph nodes at the nodal stations, and in some patients brown fat
+# or diffuse muscle uptake. None of it is in the lesion mask.
 # Files already present are kept: generation resumes where it stopped.
 
 # %%
@@ -216,6 +220,20 @@ uptake.groupby("diagnosis").agg(lesions=("suvmax", "size"), suvmax_median=("suvm
                                 suvmax_p10=("suvmax", lambda v: v.quantile(0.1)),
                                 below_3=("suvmax", lambda v: (v < 3).mean()),
                                 ratio_median=("lesion_to_background", "median")).round(2)
+
+# %% [markdown]
+# **Can a fixed SUV threshold find them?** If physiology never reached the lesions' SUV on the slices that
+# hold them, a perfect slice classifier followed by "SUV ≥ 3" would segment every lesion and the maps would
+# have nothing to do. `diagnostics.oracle_floor_dice` measures that on the training studies: the median
+# per-study Dice of SUV ≥ floor on the truly tumorous slices only (a perfect gate), and on every slice (no
+# gate, the plain fixed threshold). The map and Algorithm 1 (notebooks 03–04) have to beat the first column.
+
+# %%
+floors = diagnostics.oracle_floor_dice(store, "train", [2.5, 3.0, 4.0])
+table = floors.pivot_table(index="diagnosis", columns="floor", values="oracle_gate", aggfunc="median")
+table.loc["all, perfect gate"] = floors.groupby("floor")["oracle_gate"].median()
+table.loc["all, no gate"] = floors.groupby("floor")["no_gate"].median()
+table.round(2)
 
 # %% [markdown]
 # ## 8. The subject-level split

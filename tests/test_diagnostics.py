@@ -200,3 +200,21 @@ def test_oracle_threshold_dice_is_one_on_the_truth(tiny_store):
     assert table["study_id"].tolist() == ["S0", "S1"] and (table["truth_ml"] > 0).all()
     assert np.allclose(table[1e-6], 1.0)         # every lesion voxel has positive SUV: the whole truth is kept
     assert ((table[0.4] > 0) & (table[0.4] <= 1)).all()
+
+
+def test_oracle_floor_dice_by_hand():
+    from types import SimpleNamespace
+
+    suv = np.zeros((3, 1, 6), np.float32)
+    mask = np.zeros(suv.shape, np.uint8)
+    suv[0, 0, :3] = [5, 5, 4]    # slice 0: two lesion voxels and, beside them, physiology at SUV 4
+    mask[0, 0, :2] = 1
+    suv[1, 0, 0] = 6             # slice 1: tumor-free, one hot physiological voxel
+    studies = {"A": SimpleNamespace(suv=suv, mask=mask), "B": SimpleNamespace(suv=suv, mask=np.zeros_like(mask))}
+    store = SimpleNamespace(index=pd.DataFrame({"study_id": ["A", "B", "C"], "split": ["val", "val", "train"],
+                                                "diagnosis": ["lymphoma", "negative", "lymphoma"]}),
+                            study=studies.__getitem__)
+    table = diagnostics.oracle_floor_dice(store, "val", [3.0, 4.5]).set_index("floor")
+    assert table["study_id"].tolist() == ["A", "A"]               # B has no lesion, C is another split
+    assert np.allclose(table["oracle_gate"], [2 * 2 / (3 + 2), 1.0])  # floor 3 keeps the SUV 4 beside the lesion
+    assert np.allclose(table["no_gate"], [2 * 2 / (4 + 2), 2 * 2 / (3 + 2)])  # and the tumor-free slice's SUV 6

@@ -53,6 +53,59 @@ def test_physiology(row, study):
     assert np.median(ct[study["seg"] > 0]) > 0  # lesions are soft tissue on CT
 
 
+def test_physiological_confounders_reach_lesion_suvs(row, study):
+    median = phantom.organ_suv(study, row)["median_suv"]
+    labels = study["labels"]
+    for name in ("colon", "stomach", "ureter", "tonsil"):
+        assert (labels == phantom.L[name]).any(), name
+    assert 1.0 <= median["colon"] <= 12.0 and 1.0 <= median["stomach"] <= 4.5 and median["tonsil"] >= 1.5
+    # on the PET as stored, physiology (not tumour) reaches SUV 3 on slices that hold tumour
+    suv = study["pet"] * phantom.suv_factor(row["weight_kg"], row["injected_activity_mbq"],
+                                             row["injection_to_scan_s"], row["study_id"])
+    on_pet = labels[:-1, ::2, ::2]
+    lesion = phantom._pet_lesion_ids(study["seg"].astype(np.int16)) > 0
+    confounder = np.isin(on_pet, [phantom.L[n] for n in phantom.PHYSIOLOGY]) & ~lesion
+    assert (suv[confounder] >= 3.0).sum() > 50
+
+
+def test_confounders_are_painted_only_into_soft_tissue(row):
+    anat_rng, _, _, _, phys_rng = phantom._streams(row)
+    anat = phantom._anatomy(row, anat_rng)
+    g = phantom._grid(anat)
+    before = phantom._label_map(anat, g, anat_rng)
+    after = before.copy()
+    phantom._physiology(after, anat, g, phys_rng, age=60.0)
+    changed = before != after
+    assert changed.sum() > 10_000
+    assert np.isin(before[changed], [phantom.L[n] for n in ("viscera", "fat", "muscle", "lung")]).all()  # no organ, bone
+    assert np.isin(after[changed], [phantom.L[n] for n in phantom.PHYSIOLOGY]).all()
+
+
+def test_confounder_stream_leaves_the_other_draws_unchanged(row):
+    five = phantom._streams(row)
+    four = tuple(np.random.default_rng(s) for s in np.random.SeedSequence(int(row["seed"])).spawn(4))
+    assert len(five) == 5
+    assert all(np.array_equal(a.random(8), b.random(8)) for a, b in zip(five, four))
+
+
+def test_tube_is_a_cylinder_with_round_caps():
+    g = phantom._grid(phantom.Anatomy(1000.0, False, np.array([0.0, 1.0]), np.ones(2), np.ones(2), np.zeros(2),
+                                      5.0, 10.0, 40))
+    box, near = phantom._tube(g, [(0.0, 0.0, 30.0), (0.0, 0.0, 90.0)], 10.0)
+    s, y, x = g.s[box[0]], g.y[box[1]], g.x[box[2]]
+    rho2 = y[:, None] ** 2 + x[None, :] ** 2
+    inside = ((s >= 30.0) & (s <= 90.0))
+    for k, depth in enumerate(s):
+        along = 0.0 if inside[k] else min(abs(depth - 30.0), abs(depth - 90.0))
+        assert np.array_equal(near[k], rho2 + along ** 2 <= 100.0), depth
+
+
+def test_smooth_field_is_standardised_and_smooth():
+    field = phantom._smooth_field((40, 50, 60), (3.0, 2.0, 2.0), np.random.default_rng(0))
+    assert abs(field.mean()) < 1e-5 and abs(field.std() - 1.0) < 1e-5
+    assert np.corrcoef(field[:, :, :-1].ravel(), field[:, :, 1:].ravel())[0, 1] > 0.9  # 2 mm apart, 30 mm length
+
+
 def test_lesion_mask_equals_generated_seg(row, study):
     seg, affine = phantom.lesion_mask(row)
     assert np.array_equal(seg, study["seg"]) and np.array_equal(affine, study["ct_affine"])

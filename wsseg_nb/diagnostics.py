@@ -274,6 +274,30 @@ def oracle_threshold_dice(store, split: str, fractions: Sequence[float], margin:
     return pd.DataFrame(rows)
 
 
+def oracle_floor_dice(store, split: str, floors: Sequence[float]) -> pd.DataFrame:
+    """Per lesion study of `split` and floor: 3D Dice of SUV >= floor on the truly tumorous slices (`oracle_gate`,
+    a perfect classifier) and on every slice (`no_gate`), no map involved (notebook 01).
+
+    The phantom's realism check: where physiology near the lesions (bowel, ureters, tonsils, brown fat) reaches
+    the lesions' SUV, a fixed threshold cannot score well even behind a perfect gate, and the maps have a task.
+    """
+    from .metrics import dice
+
+    rows = []
+    index = store.index[store.index["split"] == split]
+    for sid, diagnosis in index.groupby("study_id", sort=False)["diagnosis"].first().items():
+        study = store.study(sid)
+        suv, truth = np.asarray(study.suv, np.float32), np.asarray(study.mask) > 0
+        if not truth.any():
+            continue
+        tumor_slice = truth.any(axis=(1, 2))[:, None, None]
+        for floor in floors:
+            hot = suv >= floor
+            rows.append({"study_id": sid, "diagnosis": diagnosis, "floor": float(floor),
+                         "oracle_gate": dice(hot & tumor_slice, truth), "no_gate": dice(hot, truth)})
+    return pd.DataFrame(rows, columns=["study_id", "diagnosis", "floor", "oracle_gate", "no_gate"])
+
+
 def write(run_dir: str | os.PathLike[str], **values: float) -> dict[str, float]:
     """Merge `values` into RUN_DIR/classifier/diagnostics.json (written atomically) and return the whole record."""
     from .runs import write_json_atomic

@@ -9,6 +9,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+from scipy.special import ndtri
 
 from . import volume
 from .progress import progress
@@ -27,9 +28,40 @@ CT_NOISE_HU = 12.0
 PET_NOISE_CV = 0.10
 """Relative PET noise (standard deviation / mean) at liver uptake."""
 
+PHYSIOLOGY = {  # label: ((HU low, HU high), (SUV low, SUV high)), drawn per patient from its own random stream
+    "colon": ((20, 40), (1.5, 4.5)), "stomach": ((25, 45), (1.5, 4.0)), "ureter": ((5, 20), (10.0, 40.0)),
+    "tonsil": ((40, 60), (2.0, 6.0)), "brown_fat": ((-80, -40), (3.0, 15.0)), "esophagus": ((30, 50), (1.2, 2.8)),
+    "node": ((30, 50), (3.0, 8.0)),
+}
+"""FDG uptake that is not tumour but reaches lesion SUVs, next to the lesion sites (so that a fixed SUV threshold is
+fooled even on the tumour slices). Colon: SUVmax about 2-5, segmental, diffuse and intense (SUV 5-10+) in about
+15 % (metformin; Gontier et al., Eur J Nucl Med Mol Imaging 2008; Kim et al., Clin Nucl Med 2009). Stomach wall:
+SUVmax about 1.5-4 (Koga et al., Ann Nucl Med 2003). Ureters: urine as in the renal pelvis, in peristaltic
+boluses, so a hot focus beside paraaortic and iliac nodes. Palatine tonsils: SUVmax about 2-6 (Nakamoto et al.,
+AJR 2005). Brown fat: supraclavicular and paravertebral, SUVmax 3-15+, in about 2.5-4 % of adults, more often
+in the young (Cohade et al., J Nucl Med 2003): BROWN_FAT_P. Oesophagus: SUVmax about 1.5-3.5, highest distally.
+Benign FDG-avid lymph nodes (reactive, granulomatous, anthracotic: the classic false positive of nodal staging,
+SUVmax about 2-5; Gould et al., JAMA 2001): REACTIVE_NODES per patient at the nodal stations, not in the lesion
+mask; their value here is before the PSF, which takes a 4-8 mm node to about half of it. Muscle: diffuse uptake
+of SUV about 1.5-4 in MUSCLE_ACTIVE of the patients (not fasted, insulin, tension)."""
 LABELS = ("air", "fat", "muscle", "viscera", "lung", "blood", "myocardium", "liver", "spleen", "kidney",
-          "renal_pelvis", "bladder", "brain", "marrow", "cortex", "airway", "gland")
+          "renal_pelvis", "bladder", "brain", "marrow", "cortex", "airway", "gland", *PHYSIOLOGY)
 L = {name: i for i, name in enumerate(LABELS)}
+COLON_INTENSE = (0.15, 2.2)
+"""Share of patients with intense colonic uptake (metformin) and the factor on their colon SUV."""
+COLON_RADIUS_MM = 16.0
+URETER_RADIUS_MM = 3.5
+URETER_FILLED = 0.4
+"""Share of a ureter's length filled with urine at scan time (peristaltic boluses)."""
+BROWN_FAT_P = {"under_40": 0.25, "40_and_over": 0.06}
+"""Share of patients with active brown fat by age (Cohade et al. 2003: higher in the young and in women)."""
+REACTIVE_NODES = 2.0
+"""Mean number (Poisson) of benign FDG-avid lymph nodes per patient, at REACTIVE_SITES."""
+REACTIVE_SITES = {"cervical": 0.2, "axillary": 0.2, "mediastinal": 0.2, "hilar": 0.2, "iliac": 0.1, "inguinal": 0.1}
+MUSCLE_ACTIVE = (0.1, (2.5, 4.0))
+"""Share of patients with diffuse muscle uptake and the range of the factor on their muscle SUV."""
+PATCH_MM = 30.0
+"""Correlation length of the smooth random fields that make colon uptake and ureter filling patchy."""
 TISSUE = {  # label: ((HU low, HU high), (SUV low, SUV high)); per patient a value is drawn in each range
     "air": ((-1000, -1000), (0.0, 0.0)), "fat": ((-115, -85), (0.2, 0.4)), "muscle": ((40, 60), (0.5, 1.0)),
     "viscera": ((20, 40), (0.9, 1.5)), "lung": ((-880, -800), (0.3, 0.6)), "blood": ((150, 200), (1.4, 2.2)),
@@ -305,6 +337,63 @@ def _label_map(anat: Anatomy, g: Grid, rng: np.random.Generator) -> np.ndarray:
     return labels
 
 
+def _tube(g: Grid, points: list[tuple[float, float, float]], radius: float) -> tuple[Box, np.ndarray]:
+    """Voxels within `radius` mm of a polyline through `points` (x, y, s), evaluated in its bounding box only."""
+    p = np.asarray(points, dtype=np.float32)
+    box = (_span(g.s, p[:, 2].min() - radius, p[:, 2].max() + radius),
+           _span(g.y, p[:, 1].min() - radius, p[:, 1].max() + radius),
+           _span(g.x, p[:, 0].min() - radius, p[:, 0].max() + radius))
+    s, y, x = g.s[box[0]][:, None, None], g.y[box[1]][None, :, None], g.x[box[2]][None, None, :]
+    near = np.zeros((len(s), y.shape[1], x.shape[2]), bool)
+    for (ax, ay, az), (bx, by, bz) in zip(p[:-1], p[1:]):
+        d = np.array([bx - ax, by - ay, bz - az])
+        t = np.clip(((x - ax) * d[0] + (y - ay) * d[1] + (s - az) * d[2]) / max(float(d @ d), 1e-6), 0.0, 1.0)
+        near |= (x - ax - t * d[0]) ** 2 + (y - ay - t * d[1]) ** 2 + (s - az - t * d[2]) ** 2 <= radius ** 2
+    return box, near
+
+
+def _physiology(labels: np.ndarray, anat: Anatomy, g: Grid, rng: np.random.Generator, age: float) -> None:
+    """Paint the PHYSIOLOGY confounders in place: colon, stomach, ureters, tonsils, oesophagus, benign nodes and
+    (sometimes) brown fat."""
+    H = anat.height
+    a, b, _ = (float(v) for v in anat.cavity(0.38 * H))
+    b_pel = float(anat.cavity(0.5 * H)[1])
+    w = rng.uniform(-0.05, 0.05, 3)  # per-patient shifts of the colon's course
+    colon = [(0.55 * a, 0.05 * b, 0.49 * H), (0.6 * a, 0.15 * b, 0.405 * H), (0.3 * a, (0.55 + w[0]) * b, 0.40 * H),
+             (-0.3 * a, (0.55 + w[1]) * b, 0.405 * H), (-0.62 * a, 0.2 * b, 0.385 * H),
+             (-0.65 * a, w[2] * b, 0.46 * H), (-0.4 * a, 0.25 * b_pel, 0.49 * H),
+             (-0.1 * a, 0.0, 0.475 * H), (0.0, -0.55 * b_pel, 0.5 * H), (0.0, -0.6 * b_pel, 0.53 * H)]
+    _paint(labels, _tube(g, colon, COLON_RADIUS_MM * rng.uniform(0.85, 1.15)), "colon", ("viscera",))
+    stomach_c, stomach_r = (-0.45 * a, 0.2 * b, 0.36 * H), (0.22 * a, 0.3 * b, 0.03 * H)
+    _paint(labels, _ellipsoid(g, stomach_c, stomach_r), "stomach", ("viscera",))
+    _paint(labels, _ellipsoid(g, stomach_c, tuple(r - 8.0 for r in stomach_r)), "viscera", ("stomach",))
+    for side, depth in ((-1, 0.405), (1, 0.415)):
+        ureter = [(side * 0.32 * a, -0.38 * b, depth * H), (side * 0.28 * a, -0.25 * b, 0.44 * H),
+                  (side * 0.3 * a, -0.05 * b, 0.475 * H), (side * 25.0, 0.3 * b_pel - 10.0, 0.495 * H)]
+        box, near = _tube(g, ureter, URETER_RADIUS_MM)
+        shape = tuple(sl.stop - sl.start for sl in box)
+        if min(shape) > 0:  # urine boluses: the filled share of the ureter
+            near &= _smooth_field(shape, CT_SPACING_MM, rng) > ndtri(1.0 - URETER_FILLED)
+        _paint(labels, (box, near), "ureter", ("viscera", "fat", "muscle"))
+    for side in (-1, 1):
+        _paint(labels, _ellipsoid(g, (side * 14.0, 5.0, 0.112 * H), (7.0, 9.0, 12.0)), "tonsil", ("muscle",))
+    _paint(labels, _column(g, 0.125 * H, 0.36 * H, lambda s: (8.0, anat.front_of_spine(s, 6.0), 6.0, 6.0)),
+           "esophagus", ("viscera", "fat", "muscle"))
+    sites = list(REACTIVE_SITES)
+    for _ in range(int(rng.poisson(REACTIVE_NODES))):
+        site = str(rng.choice(sites, p=list(REACTIVE_SITES.values())))
+        r = float(rng.uniform(4.0, 8.0))
+        _paint(labels, _ellipsoid(g, _site_center(site, anat, rng), (r, r, 1.25 * r)), "node",
+               ("fat", "muscle", "viscera", "lung"))
+    if rng.random() < BROWN_FAT_P["under_40" if age < 40 else "40_and_over"]:
+        for side in (-1, 1):
+            _paint(labels, _ellipsoid(g, (side * 55.0, -5.0, 0.18 * H), (18.0, 14.0, 0.012 * H)), "brown_fat",
+                   ("fat", "muscle"))
+            _paint(labels, _column(g, 0.2 * H, 0.32 * H, lambda s, side=side: (side * 28.0, anat.spine(s)[0] - 4.0,
+                                                                                6.0, 6.0)),
+                   "brown_fat", ("fat", "muscle", "viscera"))
+
+
 Lesion = dict[str, Any]
 
 
@@ -402,16 +491,19 @@ def _lesion_voxels(g: Grid, spec: Lesion) -> tuple[Box, np.ndarray, np.ndarray]:
 
 
 def _streams(row: Mapping[str, Any]) -> tuple[np.random.Generator, ...]:
-    """Independent random streams (anatomy, lesions, tissue values, noise) from the row's seed."""
+    """Independent random streams (anatomy, lesions, tissue values, noise, physiological uptake) from the row's seed.
+
+    Each stream is a spawned child of the seed, so adding a stream leaves the draws of the others unchanged.
+    """
     seed = int(row["seed"])
     if seed < 0:
         raise ValueError(f"study {row.get('study_id')}: field seed must be a non-negative integer, got {seed}")
-    return tuple(np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
+    return tuple(np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5))
 
 
 def lesion_mask(row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """The study's lesion mask (z, y, x) uint8 and CT affine, without the anatomy: cheap, for statistics."""
-    anat_rng, lesion_rng, _, _ = _streams(row)
+    anat_rng, lesion_rng, *_ = _streams(row)
     anat = _anatomy(row, anat_rng)
     g = _grid(anat)
     seg = np.zeros(g.shape, np.uint8)
@@ -421,14 +513,48 @@ def lesion_mask(row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     return seg, g.affine
 
 
-def _tissue_values(anat: Anatomy, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Per-patient HU and SUV of every label (myocardium: blood-pool level in ~40% of patients)."""
-    lo = np.array([TISSUE[n][0][0] for n in LABELS] + [TISSUE[n][1][0] for n in LABELS], dtype=float)
-    hi = np.array([TISSUE[n][0][1] for n in LABELS] + [TISSUE[n][1][1] for n in LABELS], dtype=float)
-    hu, suv = np.split(rng.uniform(lo, hi), 2)
+def _draw(ranges: Mapping[str, tuple[tuple[float, float], tuple[float, float]]],
+          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One uniform draw of HU and SUV in each label's ranges."""
+    lo = np.array([r[0][0] for r in ranges.values()] + [r[1][0] for r in ranges.values()], dtype=float)
+    hi = np.array([r[0][1] for r in ranges.values()] + [r[1][1] for r in ranges.values()], dtype=float)
+    return tuple(np.split(rng.uniform(lo, hi), 2))
+
+
+def _tissue_values(anat: Anatomy, rng: np.random.Generator,
+                   phys_rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Per-patient HU and SUV of every label (myocardium: blood-pool level in ~40% of patients; colon intense in
+    COLON_INTENSE[0], muscle active in MUSCLE_ACTIVE[0]); the PHYSIOLOGY values from their own stream."""
+    hu, suv = _draw(TISSUE, rng)
     if rng.random() < 0.4:
         suv[L["myocardium"]] = suv[L["blood"]] * rng.uniform(1.0, 1.3)
-    return hu.astype(np.float32), suv.astype(np.float32)
+    hu_phys, suv_phys = _draw(PHYSIOLOGY, phys_rng)
+    if phys_rng.random() < COLON_INTENSE[0]:
+        suv_phys[list(PHYSIOLOGY).index("colon")] *= COLON_INTENSE[1]
+    if phys_rng.random() < MUSCLE_ACTIVE[0]:
+        suv[L["muscle"]] *= phys_rng.uniform(*MUSCLE_ACTIVE[1])
+    return np.concatenate([hu, hu_phys]).astype(np.float32), np.concatenate([suv, suv_phys]).astype(np.float32)
+
+
+def _smooth_field(shape: tuple[int, int, int], spacing_mm: tuple[float, float, float], rng: np.random.Generator,
+                  length_mm: float = PATCH_MM) -> np.ndarray:
+    """A smooth random field (z, y, x), zero mean and unit variance, correlated over about `length_mm`."""
+    coarse = tuple(max(2, int(np.ceil(n * sp / length_mm)) + 1) for n, sp in zip(shape, spacing_mm))
+    field = ndimage.zoom(rng.standard_normal(coarse).astype(np.float32), [n / c for n, c in zip(shape, coarse)],
+                         order=1, grid_mode=True, mode="nearest")
+    field -= field.mean()
+    return field / max(float(field.std()), 1e-6)
+
+
+def _patchy_uptake(act: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> None:
+    """Colon and oesophagus uptake in place made segmental: a log-normal factor (median 1, sd of log 0.5) from a
+    smooth field."""
+    for name in ("colon", "esophagus"):
+        boxes = ndimage.find_objects((labels == L[name]).astype(np.uint8))
+        if boxes and boxes[0] is not None:
+            box = boxes[0]
+            inside = labels[box] == L[name]
+            act[box][inside] *= np.exp(0.5 * _smooth_field(inside.shape, CT_SPACING_MM, rng)[inside])
 
 
 def _pet_shape(ct_shape: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -480,13 +606,16 @@ def _uptake_scale(background: np.ndarray, excess: np.ndarray, noise: np.ndarray,
 
 def synthesize(row: Mapping[str, Any]) -> dict[str, Any]:
     """One study in memory: CT (int16 HU), PET (float32 Bq/ml, PET grid), SEG (uint8), affines, labels."""
-    anat_rng, lesion_rng, tissue_rng, noise_rng = _streams(row)
+    anat_rng, lesion_rng, tissue_rng, noise_rng, phys_rng = _streams(row)
     anat = _anatomy(row, anat_rng)
     g = _grid(anat)
     labels = _label_map(anat, g, anat_rng)
-    hu_lut, suv_lut = _tissue_values(anat, tissue_rng)
+    age = float(row.get("age") or 60.0)
+    _physiology(labels, anat, g, phys_rng, age if np.isfinite(age) else 60.0)
+    hu_lut, suv_lut = _tissue_values(anat, tissue_rng, phys_rng)
     ct = hu_lut[labels]
     act = suv_lut[labels]
+    _patchy_uptake(act, labels, phys_rng)
     seg = np.zeros(g.shape, np.uint8)
     excess = np.zeros(g.shape, np.float32)  # lesion uptake minus the tissue it replaces, before calibration
     lesion_id = np.zeros(g.shape, np.int16)
