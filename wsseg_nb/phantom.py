@@ -61,7 +61,7 @@ REACTIVE_SITES = {"cervical": 0.2, "axillary": 0.2, "mediastinal": 0.2, "hilar":
 MUSCLE_ACTIVE = (0.1, (2.5, 4.0))
 """Share of patients with diffuse muscle uptake and the range of the factor on their muscle SUV."""
 PATCH_MM = 30.0
-"""Correlation length of the smooth random fields that make colon uptake and ureter filling patchy."""
+"""Correlation length of the smooth random fields that make colon and oesophagus uptake and ureter filling patchy."""
 TISSUE = {  # label: ((HU low, HU high), (SUV low, SUV high)); per patient a value is drawn in each range
     "air": ((-1000, -1000), (0.0, 0.0)), "fat": ((-115, -85), (0.2, 0.4)), "muscle": ((40, 60), (0.5, 1.0)),
     "viscera": ((20, 40), (0.9, 1.5)), "lung": ((-880, -800), (0.3, 0.6)), "blood": ((150, 200), (1.4, 2.2)),
