@@ -222,57 +222,65 @@ table1
 # %% [markdown]
 # **What this run shows, and what it does not.**
 #
-# * **The maps.** CAM reaches a median Dice of 0.41, GradCAM 0.39, GradCAM++ 0.39 and ScoreCAM 0.39 (paper
-#   0.46 / 0.12 / 0.42 / 0.47). On validation the same maps scored 0.44–0.47 (notebook 04): the $t$, $q$ and
-#   gate tuned on 12 validation studies carry over to the 12 test studies with a loss of 0.04–0.07. The
-#   target of 0.45 for CAM, GradCAM++ and ScoreCAM is missed (0.39–0.41). On test the maps' masks are too
-#   large: a median false-positive volume of 52–64 ml per study in 38–47 false-positive components (the
-#   threshold 74 ml in 23, the U-Net 45 ml in 7).
-# * **Against the threshold.** The global threshold (0.30, paper 0.29) lies below all four maps (0.39–0.41),
-#   so the target "threshold below every map" is met. Study by study the difference is not significant: the
-#   median paired difference map − threshold is +0.09 (GradCAM) to +0.12 (CAM), p = 0.13–0.30, Holm 0.91–1.0.
-#   Both run on the same gated slices ($p \ge 0.95$, notebook 05); the maps find about as many lesions
-#   (lesion sensitivity 0.82–0.83 against 0.81) with less false-positive volume but more, smaller components.
-# * **Agreement.** Their MTV ICC is 0.63 (CAM), 0.67 (GradCAM), 0.66 (GradCAM++) and 0.65 (ScoreCAM), beside
-#   the paper's 0.55–0.64: the target of 0.5 is met. The intervals over 12 studies are wide (CAM: 0.11 to 0.88;
-#   p = 0.004–0.013, where the paper has p < 0.001). The threshold agrees a little better, 0.71 (paper 0.59).
-#   Per study the error is not small (median |ΔMTV| 57–72 ml; each map overestimates 9 of the 12 burdens, by up
-#   to 84–118 ml), but the estimates follow the large burdens: the two largest (233 and 445 ml) come out at
-#   132–161 and 237–285 ml, underestimated as in the paper, and these few large burdens dominate an ICC across
-#   patients. The mean difference (the Bland–Altman bias) is +14 (CAM) to +36 ml (GradCAM). For TLG the maps
-#   reach 0.79–0.84 (paper 0.40–0.85), the threshold 0.70 (paper 0.88).
-# * **No GradCAM gap.** GradCAM scores a little below CAM (median paired difference CAM − GradCAM 0.028, p =
-#   0.09, Holm 0.83): with GAP + one FC layer GradCAM *is* ReLU(CAM) (notebook 03), so the paper's gap cannot
+# * **The maps.** CAM reaches a median Dice of 0.35, GradCAM 0.35, GradCAM++ 0.34 and ScoreCAM 0.37 (paper
+#   0.46 / 0.12 / 0.42 / 0.47). On validation the same maps scored 0.32–0.34 (notebook 04): the $t$, $q$ and
+#   gate tuned on 12 validation studies carry over to the 12 test studies without loss (0.01–0.03 higher). The
+#   target of 0.45 for CAM, GradCAM++ and ScoreCAM is missed (0.34–0.37). On test the maps' masks are too
+#   large: a median false-positive volume of 49–64 ml per study in 99–108 false-positive components on average
+#   (the threshold 127 ml in 38, the U-Net 14 ml in 4.6); two studies hold more than 330 of them each (below).
+# * **Against the threshold.** The global threshold (0.32, paper 0.29) lies below all four maps (0.34–0.37),
+#   so the target "threshold below every map" is met by the medians, narrowly. Study by study the difference is
+#   not significant: the median paired difference map − threshold is +0.016 (CAM) to +0.033 (GradCAM++),
+#   p = 0.38–0.79, Holm 1.0. Both run on the same gated slices ($p \ge 0.8$, notebook 05); the maps find about as
+#   many lesions (lesion sensitivity 0.72–0.75 against 0.72) with less false-positive volume but more, smaller
+#   components.
+# * **Agreement: the target is missed.** Their MTV ICC is −0.10 (CAM), −0.09 (GradCAM), −0.12 (GradCAM++) and
+#   −0.09 (ScoreCAM), against the paper's 0.55–0.64: the target of 0.5 for CAM, GradCAM++ and ScoreCAM is
+#   missed, and none is distinguishable from zero (CAM: −0.54 to 0.45; p = 0.63–0.66, where the paper has
+#   p < 0.001). The threshold is no better, −0.04 (paper 0.59). Two studies drive it: PETCT_0051 (lymphoma, true
+#   MTV 20 ml) and PETCT_0174 (lung cancer, 8 ml), the two test patients whose phantom has diffuse muscle uptake.
+#   There the maps' masks hold 0.9–1.5 l (CAM 1,468 and 1,376 ml, almost all of it false positive, mostly
+#   muscle; the threshold over 4 l), so two small burdens get by far the largest estimates: the
+#   residual outweighs the spread between patients ($MS_E > MS_R$), and these two studies alone turn the ICC
+#   negative. Each map overestimates 10 of the 12 burdens (median |ΔMTV| 62–70 ml) and underestimates the two
+#   largest, as in the paper (233 and 445 ml come out at 154–181 and 157–203 ml). The Bland–Altman bias,
+#   +169 (GradCAM++) to +243 ml (CAM), is set by the two muscle studies. For TLG the maps reach −0.06 to −0.07
+#   (paper 0.40–0.85), the threshold −0.04 (paper 0.88).
+# * **No GradCAM gap.** GradCAM scores as CAM does (median paired difference CAM − GradCAM 0.0002, p = 1.0,
+#   Holm 1.0): with GAP + one FC layer GradCAM *is* ReLU(CAM) (notebook 03), so the paper's gap cannot
 #   appear. The two differ only in the normalisation (CAM's 0 is its most negative value, GradCAM's is 0), so
 #   one $t$ cuts slightly different regions.
-# * **The U-Net** (0.45, paper 0.72) has the highest median of this run, but only just, and study by study it
-#   is not above any map (median paired difference map − U-Net −0.020 to +0.010, Holm $p$ 1.0; threshold −
-#   U-Net −0.14, Holm 1.0; 12 studies). Its spread is the widest (IQR 0.40): 0.73–0.75 on the three largest
-#   lung-cancer burdens, 0.02–0.24 on three of the four melanoma studies. It misses the target of 0.65 by far:
-#   on validation it scored 0.56 (its averaged weights at epoch 12, $p \ge 0.8$, notebook 05), and on test its
-#   masks carry a median 45 ml of false volume, most of it on slices without tumor, while the strict threshold
-#   leaves lesions out (sensitivity 0.61, the lowest here; it finds 2 of 12 lesions in one melanoma study). It
-#   overestimates 10 of the 12 burdens (bias +29 ml; median |ΔMTV| 29 ml, the smallest here, paper 17 ml), and
-#   its MTV ICC is the highest, 0.95 (paper 0.94), because it follows the large burdens (233 → 246 ml, 445 →
-#   430 ml); its TLG is still far too high (median |ΔTLG| 355 g, paper 50 g: the false volume lies on bright
-#   physiology). It has the fewest false-positive components (7.2 per study).
-# * **The limiting stage** (notebooks 02 and 04): the maps. On validation a perfect region of 32 mm cells would
-#   allow 0.67 (the ceiling); the maps reach 0.42–0.51 on exactly the tumorous slices and 0.44–0.47 behind the
-#   gate ($p \ge 0.95$, precision 0.85, recall 0.72). So the maps cost 0.16–0.25, and the gate at most 0.06
-#   (CAM gains 0.02 behind it). The $(t, q)$ optimum lies inside the grid ($t$ 0.19–0.28, $q$ 96.4): the
-#   mask is the hottest 3.6 % of the CAM region. Where the false volume sits, and what an absolute SUV cut
-#   would change, is measured outside the chain (`python -m benchmarks.suv_floor_probe`, README): on this
-#   phantom a fixed SUV ≥ 3 on the gated slices alone scores as well as any map with it.
+# * **The U-Net** (0.59, paper 0.72) has the highest median of this run, and study by study it is above every
+#   other method (median paired difference map − U-Net −0.22 to −0.25, threshold − U-Net −0.24; Holm $p$
+#   0.007–0.011; 12 studies). Its IQR is 0.30: 0.61–0.78 on the three largest lung-cancer burdens, 0.08 and
+#   0.13 on PETCT_0051 and the 12-lesion melanoma study PETCT_0281. It misses the target of 0.65: on validation
+#   it scored 0.52 (its averaged weights at epoch 24 of 24, $p \ge 0.9$, notebook 05), and on test the strict
+#   threshold leaves lesions out (sensitivity 0.60, the lowest here; it finds 1 of 3 lesions in PETCT_0051 and
+#   3 of 12 in PETCT_0281), while its masks carry a median of only 14 ml of false volume. It underestimates 8 of
+#   the 12 burdens (bias −26 ml; median |ΔMTV| 9 ml, the smallest here, paper 17 ml), and its MTV ICC, 0.83
+#   (paper 0.94), is the only one above 0.5: it keeps the muscle out (15 and 6 ml on the two muscle studies) and
+#   follows the large burdens, if short (233 → 175 ml, 445 → 242 ml). Its TLG ICC is 0.96 (paper 0.99; median
+#   |ΔTLG| 41 g, paper 50 g). It has the fewest false-positive components (4.6 per study).
+# * **The limiting stages** (notebooks 02 and 04): the maps, and now the gate. On validation a perfect region of
+#   32 mm cells would allow 0.67 (the ceiling); the maps reach 0.36–0.46 on exactly the tumorous slices and
+#   0.32–0.34 behind the gate ($p \ge 0.8$, precision 0.68, recall 0.625). So the maps cost 0.21–0.31, and the
+#   gate 0.02 (CAM) to 0.12–0.14 (the others). The $(t, q)$ optimum lies inside the grid ($t$ 0.19–0.37, $q$
+#   96.4): the mask is the hottest 3.6 % of the CAM region. The MTV agreement is limited by the masks of the two
+#   muscle studies: the gate passes many of their slices, and a percentile cut, relative to each slice's CAM
+#   region, keeps the warm muscle. What an absolute SUV cut would change is measured outside the chain
+#   (`python -m benchmarks.suv_floor_probe`, README).
 
 # %% [markdown]
 # ## 8. By diagnosis
 #
 # Lymphoma lesions are large and avid, melanoma metastases small and faint; the mix of diagnoses in a test set moves
-# every median. Here the maps and the U-Net score best on lung cancer (maps 0.41–0.47, U-Net 0.66; 6 studies),
-# the threshold on lymphoma (0.40, only 2 studies, where the maps reach 0.42–0.44). Every method scores worst on
-# melanoma (4 studies): the maps 0.20–0.23, the threshold 0.16, the U-Net 0.21. Note the small groups: the legend gives each n. The right panel shows the median
-# false-positive volume on lesion-free studies, what each method segments where there is nothing; this test split
-# has none (n = 0), so the panel is empty, as is the summary's `negatives_fp_volume_ml_median` column (NaN).
+# every median. Here every method scores best on lung cancer (maps 0.37–0.41, threshold 0.36, U-Net 0.65; 6
+# studies); on lymphoma (only 2 studies, one of them PETCT_0051) the medians fall to 0.26–0.29, 0.32 and 0.38. The
+# maps and the threshold score worst on melanoma (4 studies): the maps 0.17–0.21, the threshold 0.07; the U-Net
+# scores 0.38 on melanoma as on lymphoma. Note the small groups: the legend gives each n. The right panel shows
+# the median false-positive volume on lesion-free studies, what each method segments where there is nothing; this
+# test split has none (n = 0), so the panel is empty, as is the summary's `negatives_fp_volume_ml_median` column
+# (NaN).
 
 # %%
 report.save_figure(result_plots.diagnosis_plot(per_study), figures / "diagnosis.png")
@@ -298,7 +306,8 @@ if export_nifti:
 # (medians and IQRs), `icc.csv` (Table 1), `wilcoxon.csv`, `diagnosis.csv`, `comparison.csv` (ours beside the paper),
 # `figures/*.png` (Figs. 5–7, Bland–Altman, diagnosis) and `nifti/`. The headline table (the README quotes it;
 # `make test` re-executes the chain in a fresh run directory and nbval compares this cell's output with the
-# committed one, so a number in the README is one the tests reproduce):
+# committed one (on a CPU that rounds as the committing one did, `notebooks/numerics.json`), so a number in the
+# README is one the tests reproduce):
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -364,9 +373,9 @@ print(f"U-Net, {n_u} studies with lesions: mean difference d = {d_bar:.1f} ml; M
 # stays the same. With two raters $MS_C = n\,\bar d^2 / 2$, $\bar d$ the mean difference estimate − truth;
 # the shift makes it $n(\bar d + 20)^2/2$. That grows only when $\bar d > -10$ ml (by $n \cdot 20^2/2$ exactly
 # when $\bar d = 0$), and then ICC(2,1) drops; for a method that under-estimates by more than 10 ml the same
-# shift would *raise* it. The printed $\bar d$ says which case this run's U-Net is in: $\bar d$ = +29.1 ml, an
-# over-estimate, so $MS_C$ grows (5,066 → 14,439) and ICC(2,1) drops (0.953 → 0.908), while ICC(3,1) does not
-# move. The paper's choice penalises a systematic offset, whichever way it points.
+# shift would *raise* it. The printed $\bar d$ says which case this run's U-Net is in: $\bar d$ = −26.1 ml, an
+# under-estimate by more than 10 ml, so $MS_C$ shrinks (4,078 → 221) and ICC(2,1) rises (0.833 → 0.857), while
+# ICC(3,1) does not move. The paper's choice penalises a systematic offset, whichever way it points.
 #
 # **3. 6- vs 18-connectivity.** How does the false-positive volume of GradCAM change with face-only
 # (6-) connectivity? Which components split?
@@ -396,6 +405,6 @@ fp.round(2)
 # %% [markdown]
 # Components that touch only along edges split apart under 6-connectivity; a split-off piece that touches no
 # lesion becomes a false positive, so the FP volume can only grow (and the number of FP lesions too). The table,
-# for five test studies with lesions, shows the components splitting in all of them (PETCT_0051: 54 → 114); the
-# FP volume grows only where a split-off piece lies outside every lesion (here in three of the five: PETCT_0148
-# by 6.1 ml, PETCT_0166 by 0.5 ml, PETCT_0051 by 0.1 ml).
+# for five test studies with lesions, shows the components splitting in all of them (PETCT_0051: 336 → 541); the
+# FP volume grows only where a split-off piece lies outside every lesion (here in two of the five: PETCT_0051
+# by 8.5 ml, PETCT_0148 by 1.1 ml).
