@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -256,6 +257,16 @@ def _at_fraction(suv: np.ndarray, peak: np.ndarray, fraction: float) -> np.ndarr
     return suv >= fraction * peak
 
 
+def _lesion_studies(store, split: str) -> Iterator[tuple[str, str, np.ndarray, np.ndarray, Any]]:
+    """(study_id, diagnosis, SUV float32, truth bool, the stored study) of each study of `split` with lesion voxels."""
+    index = store.index[store.index["split"] == split]
+    for sid, diagnosis in index.groupby("study_id", sort=False)["diagnosis"].first().items():
+        study = store.study(sid)
+        truth = np.asarray(study.mask) > 0
+        if truth.any():
+            yield sid, diagnosis, np.asarray(study.suv, np.float32), truth, study
+
+
 def oracle_threshold_dice(store, split: str, fractions: Sequence[float], margin: int = 2) -> pd.DataFrame:
     """Per lesion study of `split`: 3D Dice of `oracle_threshold_mask` at each fraction (columns), truth volume in ml.
 
@@ -264,13 +275,10 @@ def oracle_threshold_dice(store, split: str, fractions: Sequence[float], margin:
     from .metrics import dice, mtv_ml
 
     rows = []
-    for sid in store.index.loc[store.index["split"] == split, "study_id"].unique():
-        study = store.study(sid)
-        suv, truth = np.asarray(study.suv, np.float32), np.asarray(study.mask) > 0
-        if truth.any():
-            peak = oracle_local_peak(truth, suv, margin)  # regions and peaks once, every fraction reads them
-            rows.append({"study_id": sid, "truth_ml": mtv_ml(truth, study.meta["spacing_mm"]),
-                         **{f: dice(_at_fraction(suv, peak, f), truth) for f in fractions}})
+    for sid, _, suv, truth, study in _lesion_studies(store, split):
+        peak = oracle_local_peak(truth, suv, margin)  # regions and peaks once, every fraction reads them
+        rows.append({"study_id": sid, "truth_ml": mtv_ml(truth, study.meta["spacing_mm"]),
+                     **{f: dice(_at_fraction(suv, peak, f), truth) for f in fractions}})
     return pd.DataFrame(rows)
 
 
@@ -284,12 +292,7 @@ def oracle_floor_dice(store, split: str, floors: Sequence[float]) -> pd.DataFram
     from .metrics import dice
 
     rows = []
-    index = store.index[store.index["split"] == split]
-    for sid, diagnosis in index.groupby("study_id", sort=False)["diagnosis"].first().items():
-        study = store.study(sid)
-        suv, truth = np.asarray(study.suv, np.float32), np.asarray(study.mask) > 0
-        if not truth.any():
-            continue
+    for sid, diagnosis, suv, truth, _ in _lesion_studies(store, split):
         tumor_slice = truth.any(axis=(1, 2))[:, None, None]
         for floor in floors:
             hot = suv >= floor
