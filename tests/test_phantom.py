@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from wsseg_nb import manifest, phantom, volume
+from wsseg_nb.suv import suv_factor
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +60,9 @@ def test_physiological_confounders_reach_lesion_suvs(row, study):
     for name in ("colon", "stomach", "ureter", "tonsil"):
         assert (labels == phantom.L[name]).any(), name
     assert 1.0 <= median["colon"] <= 12.0 and 1.0 <= median["stomach"] <= 4.5 and median["tonsil"] >= 1.5
-    # on the PET as stored, physiology (not tumour) reaches SUV 3 on slices that hold tumour
-    suv = study["pet"] * phantom.suv_factor(row["weight_kg"], row["injected_activity_mbq"],
-                                             row["injection_to_scan_s"], row["study_id"])
+    # on the PET as stored, physiology (not tumour) reaches lesion-like SUV 3
+    suv = study["pet"] * suv_factor(row["weight_kg"], row["injected_activity_mbq"],
+                                    row["injection_to_scan_s"], row["study_id"])
     on_pet = labels[:-1, ::2, ::2]
     lesion = phantom._pet_lesion_ids(study["seg"].astype(np.int16)) > 0
     confounder = np.isin(on_pet, [phantom.L[n] for n in phantom.PHYSIOLOGY]) & ~lesion
