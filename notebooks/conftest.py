@@ -14,6 +14,10 @@ import pytest
 OUTPUT_TIMEOUT_S = 120
 """nbval waits only 5 s for the kernel's output after a cell returns; a loaded 2-core machine can take longer
 to send a cell's figures."""
+CELL_TIMEOUT_S = 5400
+"""nbval's default limit per cell (2000 s) is shorter than a training cell takes on a 2-core CPU without native bf16
+(the classifier's 24 epochs: ~2,500 s before the demo validated on a thinned set); an interrupted training cell
+fails and leaves every later cell of its notebook on a half-trained model. `--nbval-cell-timeout` still wins."""
 RUN_DIR = Path(tempfile.mkdtemp(prefix="wsseg-nbval-"))
 """Where the notebooks under test write: empty at the start, so no earlier run on disk can make them pass or fail."""
 
@@ -58,6 +62,12 @@ def _reproducible_here() -> tuple[bool, str]:
         return False, f"no {NUMERICS} beside the committed notebooks"
     committed, here = json.loads(path.read_text())["fingerprint"], numerics_fingerprint("cpu")
     return committed == here, f"numerics fingerprint {here} here, {committed} where the outputs were made"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Raise nbval's per-cell timeout to CELL_TIMEOUT_S unless one was given on the command line."""
+    if "--nbval-cell-timeout" not in " ".join(config.invocation_params.args) and hasattr(config.option, "nbval_cell_timeout"):
+        config.option.nbval_cell_timeout = CELL_TIMEOUT_S
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

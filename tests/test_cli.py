@@ -95,3 +95,13 @@ def test_a_new_run_keeps_the_earlier_run_record(tmp_path: Path) -> None:
     seeds = [json.loads((tmp_path / name).read_text())["config"]["seed"]
              for name in ("history/run-1.json", "history/run-2.json", "run.json")]
     assert seeds == [1, 2, 3]
+
+
+@pytest.mark.parametrize(("key", "value", "why"), [("unet_crop", 60, "multiple of 8"), ("unet_crop", 256, "up to slice_size 128"),
+                                                  ("unet_val_every", 0, "> 0"), ("cls_val_stride", 0, "> 0")])
+def test_config_refuses_bad_crop_and_validation_settings(key: str, value: int, why: str) -> None:
+    from wsseg_nb.config import get_config
+    from wsseg_nb.errors import InputError
+
+    with pytest.raises(InputError, match=f"{key}.*{why}"):
+        get_config("demo", **{key: value})

@@ -380,3 +380,40 @@ def test_cam_shift_reads_the_checkpoint_and_refuses_one_without(tmp_path: Path) 
     with pytest.raises(ValueError, match="cam_align 'none'"):
         train.cam_shift(run)
     assert train.cam_shift(runs.Run(get_config("demo", device="cpu", cam_align="none"), tmp_path, torch.device("cpu"))) == (0.0, 0.0)
+
+
+def test_validation_every_k_epochs_keeps_only_validated_epochs(tmp_path: Path) -> None:
+    model = VGG16CAM(width=1 / 16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    calls = []
+    hist = train.fit(model, opt, ToySlices(16, 1), ToySlices(16, 2), kind="classifier", out_dir=tmp_path, epochs=5,
+                     batch=4, pos_weight=7.7, seed=3, device=torch.device("cpu"), val_every=2,
+                     probe=lambda m: calls.append(1) or {"extra": 1.0})
+    assert hist["val_auc"].notna().tolist() == [False, True, False, True, True]  # every 2nd epoch and the last
+    assert len(calls) == 3 and hist["train_loss"].notna().all()
+    assert torch.load(tmp_path / "best.pt", weights_only=False)["epoch"] in (2, 4, 5)
+
+
+def test_crop_trains_the_unet_on_windows_and_is_refused_for_the_classifier(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    unet = UNet(width=1 / 16)
+    hist = train.fit(unet, torch.optim.Adam(unet.parameters(), 1e-3), ToySlices(8, 1), ToySlices(4, 2), kind="unet",
+                     out_dir=tmp_path / "u", epochs=1, batch=4, pos_weight=1.0, seed=0, device=torch.device("cpu"),
+                     crop=16)
+    assert torch.load(tmp_path / "u" / "last.pt", weights_only=False)["hparams"]["crop"] == 16
+    assert np.isfinite(hist["val_loss"]).all()  # validated on whole 32 x 32 slices
+    with pytest.raises(ValueError, match="U-Net only"):
+        train.fit(VGG16CAM(width=1 / 16), torch.optim.SGD(unet.parameters(), 0.1), ToySlices(8, 1), ToySlices(4, 2),
+                  kind="classifier", out_dir=tmp_path / "c", epochs=1, batch=4, pos_weight=1.0, seed=0,
+                  device=torch.device("cpu"), crop=16)
+
+
+def test_thinned_keeps_every_tumor_slice_and_every_kth_tumor_free_one(tiny_store) -> None:
+    from wsseg_nb.slices import SliceDataset
+
+    full = SliceDataset(tiny_store, "val")
+    assert train.thinned(full, 1) is full
+    thin = train.thinned(full, 3)
+    tumor = full.labels > 0
+    assert set(full.positions[tumor]) <= set(thin.positions)
+    assert np.array_equal(thin.positions[thin.labels == 0], full.positions[~tumor][::3])

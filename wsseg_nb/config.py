@@ -63,6 +63,8 @@ class Config:
                                 "without masks by flipping training tumor slices (cam.flip_displacement), undone")
     cls_ct_dropout: float = _p(0.0, "Sec. 2.2.1: PET and CT always both given; share of training slices whose CT "
                                     "channel is blanked to water (augment.drop_ct), so the evidence must be in the PET")
+    cls_val_stride: int = _p(1, "Sec. 2.3.3 (no validation protocol given): every validation slice each epoch; k > 1: "
+                                "the per-epoch scores on every tumor slice and every k-th tumor-free one")
     cls_select: str = _p("val_auc", "Sec. 2.3.3: the epoch kept (best.pt) by validation ROC AUC")
     augment_engine: str = _p("torch", "Sec. 2.3.3 augmentation; 'imgaug' as the authors, 'torch' batched")
     # --- CAM and Algorithm 1 (Sec. 2.2.1) ---
@@ -90,6 +92,9 @@ class Config:
     unet_ema: float = _p(0.0, "Sec. 2.3.3: the trained weights themselves; a decay in (0, 1): an exponential "
                               "moving average of them and of BatchNorm's statistics, updated every step, is "
                               "validated and kept")
+    unet_crop: int = _p(0, "Sec. 2.3.2: trained on whole slices; > 0: on crops of this size holding a lesion pixel "
+                           "where the slice has one (augment.lesion_crop; inference on whole slices)")
+    unet_val_every: int = _p(1, "validated every epoch; k > 1: every k-th epoch and the last (the others cannot be kept)")
     unet_select: str = _p("val_dice", "the epoch kept (best.pt): pooled validation Dice at p >= 0.5 (the paper names no "
                                       "criterion); 'val_study_dice': median per-study 3D Dice, the reported metric")
     # --- CAM -> U-Net (beyond the paper: its ref. 14; notebook 05) ---
@@ -141,6 +146,9 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "unet_lr": 2e-3,
     "unet_ema": 0.998,
     "unet_sampling": "balanced",
+    "unet_crop": 64,
+    "unet_val_every": 3,
+    "cls_val_stride": 3,
     "unet_select": "val_study_dice",
     "unet_threshold_grid": (0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
     "cam_unet_method": "cam",
@@ -320,7 +328,7 @@ def _typed(key: str, value: Any, default: Any) -> Any:
 
 
 POSITIVE = ("vgg_width", "cls_epochs", "cls_batch", "cls_lr", "cls_pos_weight", "cam_batch", "unet_width",
-            "unet_epochs", "unet_batch", "unet_lr", "unet_pos_weight", "workers")
+            "unet_epochs", "unet_batch", "unet_lr", "unet_pos_weight", "workers", "cls_val_stride", "unet_val_every")
 """Settings that must be > 0."""
 UNIT_INTERVAL = ("cls_near_negatives", "cls_ct_dropout", "cls_momentum", "gate_threshold")
 """Settings in [0, 1]."""
@@ -376,6 +384,9 @@ def check(c: Config) -> Config:
         raise bad("cam_unet_method", f"expected one of {list(METHODS)}")
     if c.cam_unet_epochs and c.cam_unet_method not in c.cam_methods:
         raise bad("cam_unet_method", f"expected one of cam_methods {list(c.cam_methods)} (its t and q are tuned)")
+    if c.unet_crop < 0 or c.unet_crop > c.slice_size or c.unet_crop % 8:
+        raise bad("unet_crop", f"expected 0 (whole slices) or a multiple of 8 up to slice_size {c.slice_size} "
+                               "(the U-Net halves it three times)")
     if c.scorecam_topk < 0:
         raise bad("scorecam_topk", "must be >= 0 (0 = all channels)")
     return c

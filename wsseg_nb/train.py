@@ -13,7 +13,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
-from .augment import augment, drop_ct, sample_params
+from .augment import augment, drop_ct, lesion_crop, sample_params
 from .config import SAMPLINGS
 from .diagnostics import pointing_probe
 from .errors import InputError
@@ -322,7 +322,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
         pool_fraction: float = 0.0, probe: Callable[[torch.nn.Module], dict[str, float]] | None = None,
         select: str | None = None, schedule: str = "constant", warmup_epochs: float = 0.0,
         thresholds: Sequence[float] = (0.5,), ct_dropout: float = 0.0, level_matched: bool = False,
-        ema_decay: float = 0.0, hparams: dict[str, Any] | None = None, resume: bool = True) -> pd.DataFrame:
+        ema_decay: float = 0.0, crop: int = 0, val_every: int = 1, hparams: dict[str, Any] | None = None,
+        resume: bool = True) -> pd.DataFrame:
     """Train with augmentation; per epoch validate, write last.pt (atomic), best.pt and history.csv; resume from last.pt.
 
     An epoch visits every training slice (`sampling="all"`), or every tumor slice plus as many tumor-free ones
@@ -338,6 +339,9 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
     balanced epoch's other tumor-free slices at the tumor slices' body levels (`level_matched_weights`).
     With `ema_decay` > 0 an exponential moving average of the weights and BatchNorm statistics (`ema_model`),
     updated after every step, is what is validated and written to best.pt; `model` keeps the raw weights.
+    `crop` > 0 trains on crops of that size holding a lesion pixel where the slice has one (`augment.lesion_crop`,
+    after augmentation; U-Net only); validation sees whole slices. `val_every` = k validates (and can keep) only
+    every k-th epoch and the last; the other epochs' rows carry no validation scores.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -353,6 +357,10 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
         hparams["level_matched"] = True
     if ema_decay > 0:
         hparams["ema_decay"] = ema_decay
+    if crop > 0:
+        if kind != "unet":
+            raise ValueError(f"crop applies to the U-Net only (a slice label needs the whole slice), got kind {kind!r}")
+        hparams["crop"] = crop
     if schedule == "cosine":  # the decay depends on the total: a longer resumed run would change past epochs' lr
         hparams["epochs"] = epochs
     model.to(device, memory_format=torch.channels_last)
@@ -399,6 +407,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
             x, label, mask = _to_device((x, label, mask), device)
             x, mask = augment(x, mask, sample_params(len(x), aug_gen), engine)
             x = drop_ct(x, ct_dropout, aug_gen)
+            if crop > 0:
+                x, mask = lesion_crop(x, mask, crop, aug_gen)
             loss = weighted_ce(_forward(model, x, device), _target(kind, label, mask), pos_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -413,14 +423,15 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
             t_fetch = time.perf_counter()
         bar.close()
         train_time = time.perf_counter() - t0
-        val = evaluate(scored, val_loader, kind, pos_weight, device, thresholds)
-        if probe is not None:
+        validate = (epoch + 1) % val_every == 0 or epoch + 1 == epochs
+        val = evaluate(scored, val_loader, kind, pos_weight, device, thresholds) if validate else {}
+        if probe is not None and validate:
             val.update(probe(scored))
         row = {"epoch": epoch + 1, "train_loss": float(loss_sum) / max(steps, 1),
                **{f"val_{k}": v for k, v in val.items()},
                "train_s": train_time, "data_wait_s": wait, "val_s": time.perf_counter() - t0 - train_time}
         history.append(row)
-        score = selection_score(row, select)
+        score = selection_score(row, select) if validate else np.nan
         score = -np.inf if np.isnan(score) else score
         if score > best:
             best = score
@@ -446,6 +457,21 @@ def _datasets(run: Run) -> tuple[Dataset, Dataset]:
                              f"({len(labels)} slices); training needs tumor slices in train and val "
                              f"(check the manifest's split column or split_fractions)")
     return sets
+
+
+def thinned(dataset: Dataset, stride: int) -> Dataset:
+    """A SliceDataset of every tumor slice and every `stride`-th tumor-free one (in store order); stride 1: itself.
+
+    Drawing tumor-free slices at random leaves ROC AUC unbiased; the demo validates its classifier on this each epoch
+    (`cls_val_stride` 3: 42 % of its validation slices); predictions and diagnostics use every slice.
+    """
+    if stride == 1:
+        return dataset
+    from .slices import SliceDataset
+
+    tumor = np.asarray(dataset.labels) > 0
+    keep = tumor | (np.cumsum(~tumor) % stride == 1)
+    return SliceDataset(dataset.store, indices=dataset.positions[keep])
 
 
 def classifier_optimizer(model: torch.nn.Module, c: Config) -> torch.optim.Optimizer:
@@ -475,6 +501,7 @@ def train_classifier(run: Run, resume: bool = True, folder: str = "classifier",
         model.features.load_state_dict(features_from.features.state_dict())
         model.features.requires_grad_(False)
     train_set, val_set = _datasets(run)
+    val_set = thinned(val_set, c.cls_val_stride)
     if c.vgg_init == "lsuv" and not model.pretrained and features_from is None:
         lsuv_(model, init_batch(train_set, c.seed))
     optimizer = classifier_optimizer(model, c)
@@ -527,7 +554,8 @@ def train_unet(run: Run, resume: bool = True) -> pd.DataFrame:
     return fit(model, optimizer, *_datasets(run), kind="unet", out_dir=run.dir / "unet", epochs=c.unet_epochs,
                batch=c.unet_batch, pos_weight=c.unet_pos_weight, seed=c.seed, device=run.device, workers=c.workers,
                engine=c.augment_engine, sampling=c.unet_sampling, schedule=c.unet_schedule, select=c.unet_select,
-               thresholds=c.unet_threshold_grid, ema_decay=c.unet_ema, hparams=hparams, resume=resume)
+               thresholds=c.unet_threshold_grid, ema_decay=c.unet_ema, crop=c.unet_crop, val_every=c.unet_val_every,
+               hparams=hparams, resume=resume)
 
 
 def unet_threshold(path: str | os.PathLike[str]) -> float:

@@ -16,15 +16,18 @@ PRED_COLOR = "#ff3df5"
 
 
 def learning_curves(history: pd.DataFrame, metrics: Sequence[str] = ("auc",), title: str = "") -> Figure:
-    """Training and validation loss per epoch, and the validation metrics (history.csv columns val_<m>) (notebook 02)."""
+    """Training and validation loss per epoch, and the validation metrics (history.csv columns val_<m>) (notebook 02).
+
+    Epochs without validation (`unet_val_every` > 1) are left out of the validation curves."""
     fig, axes = plt.subplots(1, 1 + len(metrics), figsize=(4.2 * (1 + len(metrics)), 3.2), dpi=DPI)
     axes = np.atleast_1d(axes)
+    validated = history.dropna(subset=["val_loss"])
     axes[0].plot(history["epoch"], history["train_loss"], "o-", label="train (augmented)")
-    axes[0].plot(history["epoch"], history["val_loss"], "s-", label="validation")
+    axes[0].plot(validated["epoch"], validated["val_loss"], "s-", label="validation")
     axes[0].set(xlabel="epoch", ylabel="weighted CE", title=title or "loss")
     axes[0].legend()
     for ax, m in zip(axes[1:], metrics):
-        ax.plot(history["epoch"], history[f"val_{m}"], "s-", color="C1")
+        ax.plot(validated["epoch"], validated[f"val_{m}"], "s-", color="C1")
         ax.set(xlabel="epoch", ylabel=f"validation {m}", ylim=(0, 1))
         ax.grid(alpha=0.3)
     fig.tight_layout()
