@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wsseg_nb.augment import AugmentParams, augment, drop_ct, gamma_suv, lesion_crop, sample_params
+from wsseg_nb.augment import AugmentParams, augment, drop_ct, gamma_suv, sample_params
 
 
 def _params(n: int, scale: float = 1.0, rotate: float = 0.0, translate: float = 0.0, gamma: float = 1.0) -> AugmentParams:
@@ -102,28 +102,3 @@ def test_drop_ct_blanks_the_ct_of_the_drawn_slices_only() -> None:
     assert torch.equal(out[~drawn, 1], x[~drawn, 1])
     assert 0.25 < drawn.float().mean() < 0.35
     assert drop_ct(x, 0.0, generator) is x  # p = 0 draws nothing, so the default runs replay their old draws
-
-
-def test_lesion_crop_is_a_window_that_holds_a_lesion_pixel() -> None:
-    g = torch.Generator().manual_seed(0)
-    n, s, size = 64, 16, 8
-    x = torch.arange(n * 2 * s * s, dtype=torch.float32).view(n, 2, s, s)  # every value tells where it came from
-    mask = torch.zeros(n, s, s, dtype=torch.uint8)
-    rows, cols = torch.randint(0, s, (2, n // 2), generator=g)
-    mask[torch.arange(n // 2), rows, cols] = 1  # first half: one lesion pixel anywhere, corners and edges included
-    crop_x, crop_m = lesion_crop(x, mask, size, g)
-    assert crop_x.shape == (n, 2, size, size) and crop_m.shape == (n, size, size) and crop_m.dtype == mask.dtype
-    top, left = (crop_x[:, 0, 0, 0].long() % (s * s)).div(s, rounding_mode="floor"), crop_x[:, 0, 0, 0].long() % s
-    for i in range(n):
-        t, l_ = int(top[i]), int(left[i])
-        assert torch.equal(crop_x[i], x[i, :, t:t + size, l_:l_ + size])
-        assert torch.equal(crop_m[i], mask[i, t:t + size, l_:l_ + size])
-    assert (crop_m[: n // 2].flatten(1).sum(1) == 1).all()  # the lesion pixel is always inside
-    # the lesion's place in its crop is spread (uniform offset), not always the centre
-    where = crop_m[: n // 2].flatten(1).argmax(1)
-    assert len(set(where.tolist())) > n // 4
-    # lesion-free slices: placed anywhere, top-left corners cover the range
-    assert top[n // 2:].min() == 0 or left[n // 2:].min() == 0
-    assert top[n // 2:].max() > s - size - 3 and left[n // 2:].max() > s - size - 3
-    with pytest.raises(ValueError, match="crop size 32"):
-        lesion_crop(x, mask, 32, g)

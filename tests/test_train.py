@@ -394,20 +394,6 @@ def test_validation_every_k_epochs_keeps_only_validated_epochs(tmp_path: Path) -
     assert torch.load(tmp_path / "best.pt", weights_only=False)["epoch"] in (2, 4, 5)
 
 
-def test_crop_trains_the_unet_on_windows_and_is_refused_for_the_classifier(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    unet = UNet(width=1 / 16)
-    hist = train.fit(unet, torch.optim.Adam(unet.parameters(), 1e-3), ToySlices(8, 1), ToySlices(4, 2), kind="unet",
-                     out_dir=tmp_path / "u", epochs=1, batch=4, pos_weight=1.0, seed=0, device=torch.device("cpu"),
-                     crop=16)
-    assert torch.load(tmp_path / "u" / "last.pt", weights_only=False)["hparams"]["crop"] == 16
-    assert np.isfinite(hist["val_loss"]).all()  # validated on whole 32 x 32 slices
-    with pytest.raises(ValueError, match="U-Net only"):
-        train.fit(VGG16CAM(width=1 / 16), torch.optim.SGD(unet.parameters(), 0.1), ToySlices(8, 1), ToySlices(4, 2),
-                  kind="classifier", out_dir=tmp_path / "c", epochs=1, batch=4, pos_weight=1.0, seed=0,
-                  device=torch.device("cpu"), crop=16)
-
-
 def test_thinned_keeps_every_tumor_slice_and_every_kth_tumor_free_one(tiny_store) -> None:
     from wsseg_nb.slices import SliceDataset
 

@@ -158,4 +158,4 @@ def train_cam_unet(run: Run, resume: bool = True) -> pd.DataFrame:
                epochs=c.cam_unet_epochs, batch=c.unet_batch, pos_weight=c.unet_pos_weight, seed=c.seed,
                device=run.device, workers=c.workers, engine=c.augment_engine, sampling=c.unet_sampling,
                schedule=c.unet_schedule, select=c.unet_select, thresholds=c.unet_threshold_grid,
-               ema_decay=c.unet_ema, crop=c.unet_crop, val_every=c.unet_val_every, hparams=hparams, resume=resume)
+               ema_decay=c.unet_ema, val_every=c.unet_val_every, hparams=hparams, resume=resume)

@@ -13,7 +13,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
-from .augment import augment, drop_ct, lesion_crop, sample_params
+from .augment import augment, drop_ct, sample_params
 from .config import SAMPLINGS
 from .diagnostics import pointing_probe
 from .errors import InputError
@@ -322,7 +322,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
         pool_fraction: float = 0.0, probe: Callable[[torch.nn.Module], dict[str, float]] | None = None,
         select: str | None = None, schedule: str = "constant", warmup_epochs: float = 0.0,
         thresholds: Sequence[float] = (0.5,), ct_dropout: float = 0.0, level_matched: bool = False,
-        ema_decay: float = 0.0, crop: int = 0, val_every: int = 1, hparams: dict[str, Any] | None = None,
+        ema_decay: float = 0.0, val_every: int = 1, hparams: dict[str, Any] | None = None,
         resume: bool = True) -> pd.DataFrame:
     """Train with augmentation; per epoch validate, write last.pt (atomic), best.pt and history.csv; resume from last.pt.
 
@@ -339,9 +339,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
     balanced epoch's other tumor-free slices at the tumor slices' body levels (`level_matched_weights`).
     With `ema_decay` > 0 an exponential moving average of the weights and BatchNorm statistics (`ema_model`),
     updated after every step, is what is validated and written to best.pt; `model` keeps the raw weights.
-    `crop` > 0 trains on crops of that size holding a lesion pixel where the slice has one (`augment.lesion_crop`,
-    after augmentation; U-Net only); validation sees whole slices. `val_every` = k validates (and can keep) only
-    every k-th epoch and the last; the other epochs' rows carry no validation scores.
+    `val_every` = k validates (and can keep) only every k-th epoch and the last; the other epochs' rows carry no
+    validation scores.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -357,10 +356,6 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
         hparams["level_matched"] = True
     if ema_decay > 0:
         hparams["ema_decay"] = ema_decay
-    if crop > 0:
-        if kind != "unet":
-            raise ValueError(f"crop applies to the U-Net only (a slice label needs the whole slice), got kind {kind!r}")
-        hparams["crop"] = crop
     if schedule == "cosine":  # the decay depends on the total: a longer resumed run would change past epochs' lr
         hparams["epochs"] = epochs
     model.to(device, memory_format=torch.channels_last)
@@ -407,8 +402,6 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
             x, label, mask = _to_device((x, label, mask), device)
             x, mask = augment(x, mask, sample_params(len(x), aug_gen), engine)
             x = drop_ct(x, ct_dropout, aug_gen)
-            if crop > 0:
-                x, mask = lesion_crop(x, mask, crop, aug_gen)
             loss = weighted_ce(_forward(model, x, device), _target(kind, label, mask), pos_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -463,7 +456,7 @@ def thinned(dataset: Dataset, stride: int) -> Dataset:
     """A SliceDataset of every tumor slice and every `stride`-th tumor-free one (in store order); stride 1: itself.
 
     Drawing tumor-free slices at random leaves ROC AUC unbiased; the demo validates its classifier on this each epoch
-    (`cls_val_stride` 3: 42 % of its validation slices); predictions and diagnostics use every slice.
+    (`cls_val_stride` 4: 35 % of its validation slices); predictions and diagnostics use every slice.
     """
     if stride == 1:
         return dataset
@@ -554,8 +547,8 @@ def train_unet(run: Run, resume: bool = True) -> pd.DataFrame:
     return fit(model, optimizer, *_datasets(run), kind="unet", out_dir=run.dir / "unet", epochs=c.unet_epochs,
                batch=c.unet_batch, pos_weight=c.unet_pos_weight, seed=c.seed, device=run.device, workers=c.workers,
                engine=c.augment_engine, sampling=c.unet_sampling, schedule=c.unet_schedule, select=c.unet_select,
-               thresholds=c.unet_threshold_grid, ema_decay=c.unet_ema, crop=c.unet_crop, val_every=c.unet_val_every,
-               hparams=hparams, resume=resume)
+               thresholds=c.unet_threshold_grid, ema_decay=c.unet_ema, val_every=c.unet_val_every, hparams=hparams,
+               resume=resume)
 
 
 def unet_threshold(path: str | os.PathLike[str]) -> float:
