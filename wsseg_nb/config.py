@@ -135,7 +135,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "gate": "tuned",
     "gate_grid": (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99),
     "q_grid": tuple(float(v) for v in np.linspace(50, 99, 20).round(6)),
-    "scorecam_topk": 16,
+    "scorecam_topk": 8,
     "cam_batch": 128,
     "unet_width": 1 / 8,
     "unet_norm": "batch",
@@ -144,7 +144,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "unet_lr": 2e-3,
     "unet_ema": 0.998,
     "unet_sampling": "balanced",
-    "unet_val_every": 6,
+    "unet_val_every": 12,
     "cls_val_stride": 4,
     "unet_select": "val_study_dice",
     "unet_threshold_grid": (0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
@@ -281,8 +281,12 @@ Validation was 39 % of the classifier's loop (40 s of ~100 s per epoch: every on
 the pointing and flip probes) and ~30 s of each ~85 s U-Net epoch. cls_val_stride 4 scores each epoch on all 272
 validation tumor slices and every 4th tumor-free one (727 slices; AUC stays unbiased, its standard error ~0.01,
 below the epoch-to-epoch swing of visible pointing); the kept classifier's predictions and diagnostics still use
-every slice. unet_val_every 6 validates the U-Net at epochs 6, 12, 18 and 24 (with the weight average the kept
-epoch was the last in sessions 13 and 14). Rejected: U-Net training on 64x64 crops holding a lesion pixel
+every slice (notebook 02: 21 s of validation per epoch instead of 36 s). unet_val_every 12 validates the U-Net at
+epochs 12 and 24 (with the weight average the kept epoch was the last in sessions 13 and 14, and 24 beat 12, 18
+and 6 again in session 15's run validated every 6th epoch). scorecam_topk 8 instead of 16: ScoreCAM's masked
+forwards were ~90 % of notebook 03's 320-360 s; against exact ScoreCAM on notebook 03's panel slices top-16
+deviated by max |d| 0.031 (mean 0.001), top-8 by 0.040 (0.002). Still to fit: with these the chain was estimated
+at ~75 min on that CPU, ~80 min with CI's setup. Rejected: U-Net training on 64x64 crops holding a lesion pixel
 (nnU-Net-style patches; 17 instead of 45 ms per training slice): seed 0 reached a median per-study validation
 Dice of 0.23 at epoch 15 against 0.47 on whole slices (session 14's run at the same epoch); a crop shows the net
 too little of a slice's physiology."""
