@@ -65,7 +65,8 @@ store.index.groupby("split").agg(slices=("label", "size"), tumor_fraction=("labe
 # map $M = \sum_k v_k A^k$ of notebook 03 is defined. The paper's profile runs at full width; the demo profile
 # divides every channel count by 8 (`vgg_width` = 1/8). `vgg_norm = "batch"` would insert BatchNorm after every
 # conv (torchvision's `vgg16_bn` layout) and `vgg_stride = 4` would also drop the pool before block 5; the demo
-# measured both and keeps neither (see section 5). Shapes first, on the meta device (no memory, no compute):
+# measured both and keeps neither (`config.DEMO_OVERRIDES` records how). Shapes first, on the meta device (no
+# memory, no compute):
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -190,7 +191,10 @@ print(f"by hand {by_hand:.6f}, package {float(train.weighted_ce(z, y, 7.7)):.6f}
 # leaves the plateau only slowly (0.65 at epoch 6, 0.49 at epoch 14, 0.37 at epoch 24); the validation AUC reads
 # 0.66 after the first epoch, first reaches 0.90 at epoch 20 and ends at 0.92: it never reaches 0.95.
 #
-# Slices stream from the store through a `DataLoader` with worker processes; each epoch is validated,
+# Slices stream from the store through a `DataLoader` with worker processes; each epoch is validated on every
+# validation tumor slice and every 4th tumor-free one (`cls_val_stride = 4`: 727 of the 2,091 slices, a third of
+# the cost; tumor-free slices left out at random leave the AUC unbiased, so the per-epoch AUC in the curves is an
+# estimate on that subset, while the ROC curve, the gate and the diagnostics below use every slice),
 # `last.pt` is written after every epoch (resumable: shuffling and augmentation are seeded per epoch, so an
 # interrupted run resumes to the same weights) and `best.pt` keeps the epoch chosen by `cls_select`.
 
