@@ -131,12 +131,12 @@ print("from scratch == segment.algorithm1:",
 # for each candidate in `gate_grid` every method's $(t, q)$ search runs on the slices above it, and the gate
 # whose methods reach the highest mean validation Dice is kept (never the test split). The demo's grid runs
 # from the paper's 0.5 to 0.99, and here 0.8 wins (table below: 250 validation slices called, 170 of them with
-# lesion, against 506 and 221 at 0.5). Every method's Dice rises with the gate, from 0.29 at 0.5 to 0.31–0.33
-# at 0.6 and 0.32–0.34 at 0.7 and 0.8, then falls to 0.30–0.32 at 0.9 and 0.95 and 0.28–0.31 at 0.99; at 0.98
-# CAM alone scores its best (0.341), the others 0.30–0.31. The means at 0.7 and 0.8 differ by 0.002, far less
-# than one study can move a median of 12. The stricter gate leaves out 51 of the lesion slices that 0.5 maps,
-# and still scores higher: here that costs less than the false regions of the 285 wrongly called slices at 0.5
-# (80 at 0.8).
+# lesion, against 506 and 221 at 0.5). CAM, GradCAM and GradCAM++ rise with the gate, from 0.29 at 0.5 to 0.31–0.33
+# at 0.6 and 0.32–0.34 at 0.7 and 0.8; ScoreCAM (0.30 at 0.5) peaks already at 0.6 (0.338) and is down to 0.33 at
+# 0.7 and 0.8. All then fall to 0.30–0.32 at 0.9 and 0.95 and 0.28–0.31 at 0.99; at 0.98 CAM alone scores its best
+# (0.341), the others 0.30–0.32. The means at 0.6, 0.7 and 0.8 (0.324, 0.327, 0.328) lie within 0.004, far less than
+# one study can move a median of 12. The stricter gate leaves out 51 of the lesion slices that 0.5 maps, and still
+# scores higher: here that costs less than the false regions of the 285 wrongly called slices at 0.5 (80 at 0.8).
 
 # %%
 gates = cfg.gates
@@ -177,11 +177,11 @@ table.round(3)
 # to 0.37: 0.37 for CAM and GradCAM++, 0.28 for ScoreCAM, 0.19 for GradCAM, with validation Dice 0.32–0.34. The
 # mask is the hottest 3.6 % of the SUV in the region (for CAM at $t = 0.37$ the region is on average 10.8 % of
 # the 16×16 cells of the 250 gated validation slices). The optimum is sharp in $q$ and flatter in $t$: one grid
-# step of $q$ up (99) scores 0.22–0.25, one step down (93.8) 0.26–0.28, one step of $t$ either way 0.29–0.32.
-# With 12 validation studies the median is the mean of the 6th and 7th study's Dice, so a single study can move
-# such a peak (ScoreCAM scores 0.340 also at $t = 0.46$, $q = 93.8$). The surfaces above show the ridge: a lower
-# $t$ (a larger region) wants a higher $q$. At the paper's $(t, q)$ the validation Dice is 0.03–0.07: a
-# 31st–35th percentile keeps most of a 32 mm region, far more than the lesion. Exercise 4 widens the grid on the
+# step of $q$ up (99) scores 0.22–0.25, one step down (93.8) 0.26–0.28, one step of $t$ either way 0.29–0.32. With
+# 12 validation studies the median is the mean of the 6th and 7th study's Dice, so a single study can move such a
+# peak (ScoreCAM scores 0.321 at $t = 0.46$, $q = 93.8$, against 0.326 at its optimum). The surfaces above show the
+# ridge: a lower $t$ (a larger region) wants a higher $q$. At the paper's $(t, q)$ the validation Dice is 0.03–0.07:
+# a 31st–35th percentile keeps most of a 32 mm region, far more than the lesion. Exercise 4 widens the grid on the
 # validation split to check that the optimum stays.
 
 # %% [markdown]
@@ -233,7 +233,7 @@ pd.Series({k: record[k] for k in ("gate_threshold", "slices_called", "gate_preci
 
 # %% [markdown]
 # **Which stage limits this run.** A perfect region at 32 mm cells would allow 0.67 (the ceiling); the maps
-# reach 0.36 (CAM) to 0.46 (GradCAM, ScoreCAM) on all truly tumorous slices (GradCAM++ 0.45) and 0.32–0.34
+# reach 0.36 (CAM) to 0.46 (GradCAM) on all truly tumorous slices (GradCAM++, ScoreCAM 0.45) and 0.32–0.34
 # with the tuned gate ($p \ge 0.8$: precision 0.68, recall 0.625 on the validation slices). The **maps** cost
 # most (0.21–0.31 below the ceiling, CAM the most): even when the CAM peaks on the lesion (75 % of the visible
 # validation slices, notebook 02) its region above $t$ is a set of 32 mm cells that hold the lesion and much
@@ -242,9 +242,9 @@ pd.Series({k: record[k] for k in ("gate_threshold", "slices_called", "gate_preci
 # CAM 0.02 (0.337 against 0.361). It skips more than a third of the validation lesion slices (recall 0.625),
 # and its 80 false calls can only add false voxels. It also evens out the methods that the oracle separates
 # (0.32–0.34 against 0.36–0.46). The paper's test Dice (CAM 0.46, GradCAM++ 0.42, ScoreCAM 0.47) and the
-# project's target of 0.45 for these three lie above what the maps reach on validation: there the target is
-# missed by 0.11–0.12. The gate limits GradCAM++ and ScoreCAM (0.45–0.46 behind the oracle gate), the maps
-# limit CAM (0.36 even there). The test split is read once, in notebook 06.
+# project's target of 0.45 for these three lie above what the maps reach on validation: there the target is missed
+# by 0.11–0.12. The gate limits GradCAM++ and ScoreCAM (0.447 and 0.450 behind the oracle gate), the maps limit CAM
+# (0.36 even there). The test split is read once, in notebook 06.
 
 # %% [markdown]
 # ## 5. Explore $t$ and $q$
