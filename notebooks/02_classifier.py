@@ -256,8 +256,8 @@ pd.Series(record).round(3)
 # tumor slices (75 % of those with a visible lesion), and a lesion cell outranks a lesion-free cell with
 # probability 0.97. Of the two classifier targets of the issue, visible pointing ≥ 0.75 is met, barely (0.752),
 # and AUC ≥ 0.95 is **missed** (0.904). The classifier's training limits it: no epoch of 24 reaches 0.95 (best
-# 0.918, the last), and tumor-free slices now carry lesion-like physiological uptake (section 8). The previous
-# committed run (session 13, the phantom without the added physiology, bf16) met both with this seed (0.95, 0.83).
+# 0.918, the last), and tumor-free slices now carry lesion-like physiological uptake (section 8). Session 13's
+# run (the phantom without the added physiology, bf16) met both with this seed (0.95, 0.83).
 # These pointing numbers read the maps moved back by the network's displacement, here $d = (4, -0.5)$ pixels,
 # half a 32 mm cell down and a sixteenth of a cell to the left (`cam_shift_y`, `cam_shift_x`; notebook 03,
 # section 8). With them, visible pointing rises from 0.44 at epoch 1 to 0.62 at epoch 7, then stays between 0.58

@@ -282,14 +282,14 @@ the pointing and flip probes) and ~30 s of each ~85 s U-Net epoch. cls_val_strid
 validation tumor slices and every 4th tumor-free one (727 slices; AUC stays unbiased, its standard error ~0.01,
 below the epoch-to-epoch swing of visible pointing); the kept classifier's predictions and diagnostics still use
 every slice (notebook 02: 21 s of validation per epoch instead of 36 s). unet_val_every 12 validates the U-Net at
-epochs 12 and 24 (with the weight average the kept epoch was the last in sessions 13 and 14, and 24 beat 12, 18
-and 6 again in session 15's run validated every 6th epoch). scorecam_topk 8 instead of 16: ScoreCAM's masked
-forwards were ~90 % of notebook 03's 320-360 s; against exact ScoreCAM on notebook 03's panel slices top-16
-deviated by max |d| 0.031 (mean 0.001), top-8 by 0.040 (0.002). Still to fit: with these the chain was estimated
-at ~75 min on that CPU, ~80 min with CI's setup. Rejected: U-Net training on 64x64 crops holding a lesion pixel
-(nnU-Net-style patches; 17 instead of 45 ms per training slice): seed 0 reached a median per-study validation
-Dice of 0.23 at epoch 15 against 0.47 on whole slices (session 14's run at the same epoch); a crop shows the net
-too little of a slice's physiology."""
+epochs 12 and 24 (with the weight average the kept epoch was the last in sessions 13 and 14, and 24 beat 12, 18 and
+6 again in session 15's run validated every 6th epoch). scorecam_topk 8 instead of 16: ScoreCAM's 17 masked forwards
+per slice were most of the 320-360 s that notebook 03 spent on maps; against exact ScoreCAM on notebook 03's panel
+slices top-16 deviated by max |d| 0.031 (mean 0.001), top-8 by 0.040 (0.002); validation ScoreCAM Dice 0.340 ->
+0.326, test 0.374 -> 0.366. With the three the chain takes ~69 min on that CPU (02 2,049 s, 05 1,480 s). Rejected:
+U-Net training on 64x64 crops holding a lesion pixel (nnU-Net-style patches; 17 instead of 45 ms per training
+slice): seed 0 reached a median per-study validation Dice of 0.23 at epoch 15 against 0.47 on whole slices (session
+14's run at the same epoch); a crop shows the net too little of a slice's physiology."""
 
 PROFILES: dict[str, dict[str, Any]] = {"paper": {}, "demo": DEMO_OVERRIDES}
 
