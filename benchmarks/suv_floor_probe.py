@@ -59,13 +59,13 @@ def floor_table(run_dir: Path, floors: list[float]) -> pd.DataFrame:
     oracle, truly = data.oracle(), (data.rows["label"] > 0).to_numpy()
     rows = []
     for floor in floors:
-        gate, tuned, _ = segment.tune_with_gate(cams, data, c.t_grid, c.q_grid, c.gates, floor=floor)
+        gate, tuned, _ = segment.tune_with_gate(cams, data, c.t_grid, c.q_grid, c.gates, [floor])
         row = {"floor": floor, "gate": gate, **{m: tu.dice for m, tu in tuned.items()}}
         row.update({f"{m} (t, q)": f"{tu.params['t']:.2f}, {tu.params['q']:.1f}" for m, tu in tuned.items()})
         if floor > 0:
-            gate_alone, alone, _ = segment.tune_with_gate({"floor": whole}, data, (0.0,), (0.0,), c.gates, floor=floor)
+            gate_alone, alone, _ = segment.tune_with_gate({"floor": whole}, data, (0.0,), (0.0,), c.gates, [floor])
             on_oracle = segment.tune_algorithm1(whole[truly], oracle.suv, oracle.gt, oracle.rows["study_id"],
-                                                oracle.gt_total, (0.0,), (0.0,), floor=floor)
+                                                oracle.gt_total, (0.0,), (0.0,), floor_grid=[floor])
             row.update({"floor alone": alone["floor"].dice, "its gate": gate_alone,
                         "floor alone, oracle gate": on_oracle.dice})
         rows.append(row)

@@ -98,7 +98,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cam.save_cams(run.path("cams"), rows[["study_id", "slice", "split", "label", "prob"]], maps)
     data = segment.load_gated(run_dir, ("val", "test"))
     cams = {m: segment.load_cams(run_dir, m, data.rows) for m in methods}
-    gate, tuned, _ = segment.tune_with_gate(cams, data.select("val"), T_GRID, Q_GRID, gates)
+    gate, tuned, _ = segment.tune_with_gate(cams, data.select("val"), T_GRID, Q_GRID, gates, (0.0, 1.0, 2.0))
     segment.write_thresholds(run_dir, gate, tuned)
     keep = (data.rows["prob"] >= gate).to_numpy()
     masks = {m: segment.segment_studies(data.at_gate(gate), cams[m][keep], **tuned[m].params)[row["study_id"]]
@@ -144,7 +144,8 @@ def test_mask_on_ct_grid_equals_the_chain(chain: dict, segmented: Callable[[str]
     assert metrics.dice(back, truth) == pytest.approx(metrics.dice(chain_mask, truth), abs=1e-6)
     if method != "unet":
         assert metrics.dice(chain_mask, truth) > 0.01
-        assert (record["gate"], record["t"], record["q"]) == (chain["gate"], *chain["tuned"][method].params.values())
+        assert ((record["gate"], record["t"], record["q"], record["floor"])
+                == (chain["gate"], *chain["tuned"][method].params.values()))
         assert 0 < record["slices_called"] < record["slices"] == grid["shape"][0]
 
 

@@ -188,9 +188,9 @@ def test_comparison_tables_and_printing(run_dir: Path, per_study: pd.DataFrame, 
 def test_thresholds_join(tmp_path: Path) -> None:
     (tmp_path / "segment").mkdir()
     (tmp_path / "segment" / "thresholds.json").write_text(json.dumps(
-        {"cam": {"t": 0.5, "q": 40.0, "val_dice": 0.3}, "threshold": {"p": 30.0, "val_dice": 0.2}}))
+        {"cam": {"t": 0.5, "q": 40.0, "floor": 2.5, "val_dice": 0.3}, "threshold": {"p": 30.0, "val_dice": 0.2}}))
     th = report.read_thresholds(tmp_path)
-    assert th.loc["cam", "t"] == 0.5 and np.isnan(th.loc["threshold", "q"])
+    assert th.loc["cam", "t"] == 0.5 and th.loc["cam", "floor"] == 2.5 and np.isnan(th.loc["threshold", "q"])
     assert report.read_thresholds(tmp_path / "nowhere").empty
 
 

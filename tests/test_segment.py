@@ -173,7 +173,7 @@ def test_grid_search_finds_the_constructed_optimum_and_excludes_lesion_free_stud
     gt_total = pd.Series({"N1": 0, "P1": 16, "P2": 16})
     tuned = sg.tune_algorithm1(cam, suv, gt, study, gt_total, [0.25, 0.5, 0.75], [20.0, 40.0])
     # t = 0.75 isolates A (Dice 1 for both q: ties go to the first grid point); t = 0.5 keeps A+B at q <= 40
-    assert tuned.params == {"t": 0.75, "q": 20.0} and tuned.dice == 1.0
+    assert tuned.params == {"t": 0.75, "q": 20.0, "floor": 0.0} and tuned.dice == 1.0
     np.testing.assert_allclose(tuned.surface, [[0.5, 2 * 16 / 48], [2 * 16 / 48, 2 * 16 / 48], [1, 1]])
     assert tuned.studies == ("N1", "P1", "P2") and np.isnan(tuned.study_dice[0]).all()
     for j, t in enumerate([0.25, 0.5, 0.75]):  # brute force: 3D masks and metrics.dice
@@ -183,6 +183,17 @@ def test_grid_search_finds_the_constructed_optimum_and_excludes_lesion_free_stud
     with pytest.raises(ValueError, match="no study with lesions"):
         sg.tune(*sg.algorithm1_counts(cam[2:], suv[2:], gt[2:], [0.5], [30.0]), ["N1"], gt_total[["N1"]],
                 {"t": [0.5], "q": [30.0]})
+
+
+def test_floor_search_cuts_the_warm_block_and_keeps_the_first_floor_on_ties():
+    parts = [_constructed_study(0.9, 4.0), _constructed_study(0.8, 4.5)]
+    cam, suv, gt = (np.stack([p[i] for p in parts]) for i in range(3))
+    study, gt_total = ["P1", "P2"], pd.Series({"P1": 16, "P2": 16})
+    # t = 0.5: region A (SUV 5, lesion) + B (SUV 4 / 4.5); q = 20 keeps both, a floor of 4.8 keeps A alone
+    tuned = sg.tune_algorithm1(cam, suv, gt, study, gt_total, [0.5], [20.0], floor_grid=[0.0, 4.8, 4.9, 6.0])
+    assert tuned.params == {"t": 0.5, "q": 20.0, "floor": 4.8} and tuned.dice == 1.0
+    assert tuned.by_floor == {0.0: pytest.approx(2 * 16 / 48), 4.8: 1.0, 4.9: 1.0, 6.0: 0.0}  # 6: nothing kept
+    np.testing.assert_array_equal(sg.algorithm1(cam, suv, 0.5, 20.0, floor=4.8), gt)
 
 
 def test_global_threshold_grid_search():

@@ -73,6 +73,8 @@ class Config:
     cam_batch: int = _p(64, "slices per CAM batch")
     t_grid: tuple[float, ...] = _p(tuple(float(v) for v in np.linspace(0.1, 0.9, 10).round(6)), "Sec. 2.2.1: t_m in linspace(0.1, 0.9, 10)")
     q_grid: tuple[float, ...] = _p(tuple(float(v) for v in np.linspace(20, 50, 20).round(6)), "Sec. 2.2.1: q_m in linspace(20, 50, 20)")
+    floor_grid: tuple[float, ...] = _p((0.0,), "Alg. 1 as printed: the voxel cut is the region's q-th SUV percentile; "
+                                               "values > 0: max(percentile, floor), an absolute SUV tuned with t and q")
     threshold_grid: tuple[float, ...] = _p(tuple(float(v) for v in np.linspace(20, 50, 20).round(6)),
                                            "Sec. 2.3.1: the global threshold's percentile p in linspace(20, 50, 20)")
     gate: str = _p("fixed", "Alg. 1 line 1: slices with p >= gate_threshold (0.5, the paper's reading); 'tuned': "
@@ -135,6 +137,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "gate": "tuned",
     "gate_grid": (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99),
     "q_grid": tuple(float(v) for v in np.linspace(50, 99, 20).round(6)),
+    "floor_grid": (0.0, 2.0, 2.5, 3.0, 3.5),
     "scorecam_topk": 8,
     "cam_batch": 128,
     "unet_width": 1 / 8,
@@ -207,6 +210,13 @@ cells, so the lesion is a smaller share of it and the SUV cut must sit higher. O
 split the search over linspace(20, 50, 20) ended at its corner (t 0.9, q 50; median Dice CAM 0.09, ScoreCAM 0.08;
 perfect-CAM ceiling 0.46); over linspace(50, 99, 20) it finds an interior optimum (q 93.8; CAM 0.28, ScoreCAM
 0.28; ceiling 0.67). The global threshold keeps the paper's grid (threshold_grid).
+
+floor_grid (session 16, `python -m benchmarks.suv_floor_probe --run-dir RUN --floors 0 2 2.5 3 3.5`, validation):
+a 32 mm region cut at one SUV percentile keeps the warm tissue around a small lesion and, in patients with
+diffuse muscle uptake, hundreds of ml of muscle. An absolute floor (the voxel cut max(q-th percentile, floor),
+as the clinical SUV 2.5 rule) tuned with t, q and the gate: on session 15's seed-0 run the best validation
+median Dice per floor 0 / 2 / 2.5 / 3 / 3.5 was CAM 0.34 / 0.38 / 0.43 / 0.42 / 0.40, GradCAM++ 0.33 / 0.39 /
+0.43 / 0.42 / 0.38, ScoreCAM 0.33 / 0.35 / 0.40 / 0.38 / 0.36 (floor 2.5 best for every method).
 
 gate_grid from 0.5 (the paper's reading) to 0.99: session 4's classifier called 1,566 of the 4,154 val + test
 slices at p >= 0.5 and 0.95 won, so 0.5 was left out to map fewer slices (1,603 -> 948). Session 7's classifier
@@ -385,6 +395,8 @@ def check(c: Config) -> Config:
     for key in ("q_grid", "threshold_grid"):
         if not getattr(c, key) or not all(0.0 <= v <= 100.0 for v in getattr(c, key)):
             raise bad(key, "expected percentiles in [0, 100]")
+    if not c.floor_grid or not all(0.0 <= v < float("inf") for v in c.floor_grid):
+        raise bad("floor_grid", "expected absolute SUVs >= 0 (0 = Algorithm 1 as printed)")
     if not c.unet_threshold_grid or not all(0.0 < v < 1.0 for v in c.unet_threshold_grid):
         raise bad("unet_threshold_grid", "expected probabilities in (0, 1)")
     for key in ("cls_ema", "unet_ema"):

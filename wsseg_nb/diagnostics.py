@@ -218,8 +218,8 @@ def perfect_cams(gt: np.ndarray, cells: int) -> np.ndarray:
     return lesion_cells(gt, cells).astype(np.float32)
 
 
-def algorithm1_ceiling(data, cells: int, q_grid: Sequence[float]) -> float:
-    """Median per-study Dice of Algorithm 1 with a perfect gate and a perfect CAM region, best q (notebook 04).
+def algorithm1_ceiling(data, cells: int, q_grid: Sequence[float], floor_grid: Sequence[float] = (0.0,)) -> float:
+    """Median per-study Dice of Algorithm 1 with a perfect gate and a perfect CAM region, best q, floor (nb 04).
 
     `data` is a `segment.GatedSlices`; its truly tumorous slices are used. What the cell size alone allows.
     """
@@ -227,7 +227,7 @@ def algorithm1_ceiling(data, cells: int, q_grid: Sequence[float]) -> float:
 
     oracle = data.oracle()
     return tune_algorithm1(perfect_cams(oracle.gt, cells), oracle.suv, oracle.gt, oracle.rows["study_id"],
-                           oracle.gt_total, [0.5], q_grid, desc="ceiling").dice
+                           oracle.gt_total, [0.5], q_grid, desc="ceiling", floor_grid=floor_grid).dice
 
 
 def oracle_local_peak(truth: np.ndarray, suv: np.ndarray, margin: int = 2) -> np.ndarray:

@@ -137,7 +137,7 @@ def open_run(run_dir: Path, device: str | None = None, config: Config | None = N
 
 
 def method_params(run_dir: Path, method: str) -> dict[str, float]:
-    """Gate, t and q of a CAM method from segment/thresholds.json (notebook 04)."""
+    """Gate, t, q and SUV floor (0 when absent: runs before the floor) of a CAM method from segment/thresholds.json (notebook 04)."""
     from .segment import read_gate
 
     path = require_artifact(run_dir, "segment/thresholds.json")
@@ -148,7 +148,7 @@ def method_params(run_dir: Path, method: str) -> dict[str, float]:
         tuned = [k for k, v in json.loads(path.read_text()).items() if isinstance(v, dict)]
         raise InputError(f"{path}: no field {method!r} with t and q (tuned methods: {tuned}); notebook 04 tunes "
                          "the run's cam_methods")
-    return {"gate": gate, "t": float(entry["t"]), "q": float(entry["q"])}
+    return {"gate": gate, "t": float(entry["t"]), "q": float(entry["q"]), "floor": float(entry.get("floor", 0.0))}
 
 
 def unet_checkpoint(run_dir: Path, method: str) -> Path:
@@ -214,7 +214,7 @@ def _log(message: str) -> None:
 def store_mask(run: Any, prepared: Prepared, method: str, params: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
     """The method's bool (z, S, S) mask on the store grid, as the chain computes it (notebooks 02-05), and its settings.
 
-    params: the gate, t and q of a CAM method (`method_params`) or the checkpoint of a U-Net (`unet_checkpoint`).
+    params: the gate, t, q and floor of a CAM method (`method_params`) or the checkpoint of a U-Net (`unet_checkpoint`).
     """
     import torch
 
@@ -238,7 +238,8 @@ def store_mask(run: Any, prepared: Prepared, method: str, params: dict[str, Any]
     if len(called):
         maps = cam.cams_for_slices(model, prepared, called, [method], batch_size=c.cam_batch, device=run.device,
                                    topk=c.scorecam_topk, shift=train.cam_shift(run))[method]  # float16, as nb 03
-        mask[called] = algorithm1(maps.astype(np.float32), prepared.x[called, 0], params["t"], params["q"])
+        mask[called] = algorithm1(maps.astype(np.float32), prepared.x[called, 0], params["t"], params["q"],
+                                  floor=params["floor"])
     return mask, {**params, "slices_called": int(len(called)), "slices": int(len(prepared.x))}
 
 

@@ -38,7 +38,7 @@ def positions_path(labels: str | os.PathLike[str]) -> Path:
 
 
 def _tuned(run_dir: Path, method: str) -> dict[str, float]:
-    """t and q of `method` from segment/thresholds.json (notebook 04)."""
+    """t, q and SUV floor (0 when absent) of `method` from segment/thresholds.json (notebook 04)."""
     path = run_dir / "segment" / "thresholds.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: notebook 04 tunes t and q before the CAM -> U-Net")
@@ -46,7 +46,7 @@ def _tuned(run_dir: Path, method: str) -> dict[str, float]:
     if not isinstance(entry, dict) or not {"t", "q"} <= entry.keys():
         raise ValueError(f"{path}: no field {method!r} with t and q; cam_unet_method must be one of the tuned "
                          f"cam_methods")
-    return {"t": float(entry["t"]), "q": float(entry["q"])}
+    return {"t": float(entry["t"]), "q": float(entry["q"]), "floor": float(entry.get("floor", 0.0))}
 
 
 def write_pseudo_labels(run: Run, model: Any) -> pd.DataFrame:
@@ -83,7 +83,8 @@ def write_pseudo_labels(run: Run, model: Any) -> pd.DataFrame:
     for start in progress(range(0, len(called), CHUNK), desc="pseudo-labels", unit="chunk"):
         items = called[start:start + CHUNK]
         x, truth = store.read(positions[items])
-        mask = algorithm1(maps[start:start + CHUNK].astype(np.float32), x[:, 0], params["t"], params["q"])
+        mask = algorithm1(maps[start:start + CHUNK].astype(np.float32), x[:, 0], params["t"], params["q"],
+                          floor=params["floor"])
         out[items] = mask
         inter[items], pred[items] = (mask & (truth > 0)).sum((1, 2)), mask.sum((1, 2))
     out.flush()

@@ -210,27 +210,28 @@ def diagnosis_table(per_study: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_thresholds(run: Any) -> pd.DataFrame:
-    """Tuned t_m and q_m per method from segment/thresholds.json (empty when absent) (notebook 06)."""
+    """Tuned t_m, q_m and SUV floor per method from segment/thresholds.json (empty when absent) (notebook 06)."""
     path = _run_dir(run) / "segment" / "thresholds.json"
     if not path.is_file():
-        return pd.DataFrame(columns=["t", "q"], index=pd.Index([], name="method"))
+        return pd.DataFrame(columns=["t", "q", "floor"], index=pd.Index([], name="method"))
     raw = json.loads(path.read_text())
-    rows = {m: {"t": v.get("t", np.nan), "q": v.get("q", np.nan)} for m, v in raw.items() if isinstance(v, dict)}
+    rows = {m: {k: v.get(k, np.nan) for k in ("t", "q", "floor")} for m, v in raw.items() if isinstance(v, dict)}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
 
 
 def paper_comparison(summary: pd.DataFrame, icc: pd.DataFrame, thresholds: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Our numbers beside the paper's, per method: Dice, |MTV| and |TLG| deviation, ICCs, t_m and q_m (notebook 06)."""
+    """Our numbers beside the paper's, per method: Dice, |MTV| and |TLG| deviation, ICCs, t_m, q_m; our floor (nb 06)."""
     ours = summary.set_index("method").rename(columns={
         "mtv_absdev_ml_median": "mtv_absdev_median", "mtv_absdev_ml_iqr": "mtv_absdev_iqr",
         "tlg_absdev_g_median": "tlg_absdev_median", "tlg_absdev_g_iqr": "tlg_absdev_iqr"})
     ours = ours.join(icc.set_index("method").drop(columns="n"))
     if thresholds is not None and len(thresholds):
-        ours = ours.join(thresholds[["t", "q"]].astype(float))
+        ours = ours.join(thresholds[["t", "q", "floor"]].astype(float))
     table = pd.DataFrame({"method": ours.index, "n_lesion_studies": ours["n_lesion_studies"].to_numpy()})
     for col in PAPER.columns:
         table[col] = ours[col].to_numpy() if col in ours else np.nan
         table[f"paper_{col}"] = PAPER[col].reindex(ours.index).to_numpy()
+    table["floor"] = ours["floor"].to_numpy() if "floor" in ours else np.nan  # not the paper's: no paper_floor
     return table
 
 

@@ -5,7 +5,7 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -264,7 +264,10 @@ def study_dice(inter: np.ndarray, pred: np.ndarray, slice_study: Sequence[str], 
 
 @dataclass(frozen=True)
 class Tuned:
-    """A grid search: median per-study Dice surface, per-study Dice, and the best grid point (notebook 04)."""
+    """A grid search: median per-study Dice surface, per-study Dice, and the best grid point (notebook 04).
+
+    by_floor: the best median Dice at each SUV floor searched (`best_floor`; empty for a search without floors).
+    """
 
     surface: np.ndarray
     study_dice: np.ndarray
@@ -272,6 +275,7 @@ class Tuned:
     grid: dict[str, tuple[float, ...]]
     params: dict[str, float]
     dice: float
+    by_floor: dict[float, float] = field(default_factory=dict)
 
 
 def tune(inter: np.ndarray, pred: np.ndarray, slice_study: Sequence[str], gt_total: pd.Series,
@@ -288,12 +292,23 @@ def tune(inter: np.ndarray, pred: np.ndarray, slice_study: Sequence[str], gt_tot
     return Tuned(surface, per_study, tuple(gt_total.index), axes, params, float(surface[best]))
 
 
+def best_floor(searches: Mapping[float, Tuned]) -> Tuned:
+    """Of one (t, q) search per SUV floor, the best (first floor on ties), with its floor in `params` (notebook 04)."""
+    floor, best = max(searches.items(), key=lambda item: item[1].dice)
+    return replace(best, params={**best.params, "floor": float(floor)},
+                   by_floor={float(f): s.dice for f, s in searches.items()})
+
+
 def tune_algorithm1(cam: np.ndarray, suv: np.ndarray, gt: np.ndarray, slice_study: Sequence[str],
                     gt_total: pd.Series, t_grid: Sequence[float], q_grid: Sequence[float],
-                    desc: str = "algorithm 1", floor: float = 0.0) -> Tuned:
-    """The paper's grid search for one CAM method: t x q, objective median per-patient Dice (notebook 04)."""
-    inter, pred = algorithm1_counts(cam, suv, gt, t_grid, q_grid, desc=desc, floor=floor)
-    return tune(inter, pred, slice_study, gt_total, {"t": t_grid, "q": q_grid})
+                    desc: str = "algorithm 1", floor_grid: Sequence[float] = (0.0,)) -> Tuned:
+    """The paper's grid search for one CAM method: t x q (x SUV floor), objective median per-patient Dice (nb 04).
+
+    The surface is the (t, q) one at the floor kept; floor_grid (0,) is the paper's search.
+    """
+    grid = {"t": t_grid, "q": q_grid}
+    return best_floor({f: tune(*algorithm1_counts(cam, suv, gt, t_grid, q_grid, desc=desc, floor=f),
+                               slice_study, gt_total, grid) for f in floor_grid})
 
 
 def tune_global_threshold(suv: np.ndarray, gt: np.ndarray, slice_study: Sequence[str], gt_total: pd.Series,
@@ -305,20 +320,24 @@ def tune_global_threshold(suv: np.ndarray, gt: np.ndarray, slice_study: Sequence
 
 def tune_with_gate(cams: Mapping[str, np.ndarray], data: GatedSlices, t_grid: Sequence[float],
                    q_grid: Sequence[float], gates: Sequence[float],
-                   floor: float = 0.0) -> tuple[float, dict[str, Tuned], pd.DataFrame]:
-    """One classifier threshold for the run and each method's (t, q), tuned together on `data` (validation).
+                   floor_grid: Sequence[float] = (0.0,)) -> tuple[float, dict[str, Tuned], pd.DataFrame]:
+    """One classifier threshold for the run and each method's (t, q, floor), tuned together on `data` (validation).
 
     The gate kept is the one whose methods reach the highest mean of their best median Dice; returns it, each
     method's grid search at that gate, and the table of best median Dice per gate and method (notebook 04).
-    `floor` > 0 is not the paper's: an absolute SUV below which no voxel is kept (`algorithm1`; a probe).
+    floor_grid (0,) is Algorithm 1 as printed; values > 0 are absolute SUV floors of the voxel cut (`algorithm1`).
     """
     prob = data.rows["prob"].to_numpy()
-    counts = {m: algorithm1_counts(cam, data.suv, data.gt, t_grid, q_grid, desc=m, floor=floor)
-              for m, cam in cams.items()}
+    counts = {(m, f): algorithm1_counts(cam, data.suv, data.gt, t_grid, q_grid, desc=f"{m}, floor {f:g}", floor=f)
+              for m, cam in cams.items() for f in floor_grid}
     grid = {"t": t_grid, "q": q_grid}
-    searches = {g: {m: tune(inter * (prob >= g)[:, None, None], pred * (prob >= g)[:, None, None],
-                            data.rows["study_id"], data.gt_total, grid) for m, (inter, pred) in counts.items()}
-                for g in gates}
+
+    def search(m: str, g: float) -> Tuned:
+        called = (prob >= g)[:, None, None]
+        return best_floor({f: tune(counts[m, f][0] * called, counts[m, f][1] * called, data.rows["study_id"],
+                                   data.gt_total, grid) for f in floor_grid})
+
+    searches = {g: {m: search(m, g) for m in cams} for g in gates}
     table = pd.DataFrame({m: [searches[g][m].dice for g in gates] for m in cams}, index=pd.Index(gates, name="gate"))
     best = float(table.index[int(np.argmax(table.mean(axis=1).to_numpy()))])
     return best, searches[best], table
@@ -427,13 +446,14 @@ def study_masks(data: GatedSlices, masks: np.ndarray) -> dict[str, np.ndarray]:
                           masks[by_study.get(sid, empty)]) for sid in data.studies.index}
 
 
-def segment_studies(data: GatedSlices, cam: np.ndarray, t: float, q: float) -> dict[str, np.ndarray]:
-    """Algorithm 1 at (t, q) on every gated slice, as one 3D mask per study of data (notebook 04)."""
-    return study_masks(data, algorithm1(cam, data.suv, t, q))
+def segment_studies(data: GatedSlices, cam: np.ndarray, t: float, q: float,
+                    floor: float = 0.0) -> dict[str, np.ndarray]:
+    """Algorithm 1 at (t, q, floor) on every gated slice, as one 3D mask per study of data (notebook 04)."""
+    return study_masks(data, algorithm1(cam, data.suv, t, q, floor=floor))
 
 
 def write_thresholds(run_dir: str | os.PathLike[str], gate: float, tuned: Mapping[str, Tuned]) -> Path:
-    """segment/thresholds.json (the gate, each method's t, q and val Dice) and segment/<method>_dice.npy (nb 04)."""
+    """segment/thresholds.json (the gate, each method's t, q, floor, val Dice) and segment/<method>_dice.npy (nb 04)."""
     from .runs import write_json_atomic
 
     folder = Path(run_dir) / "segment"
@@ -443,7 +463,8 @@ def write_thresholds(run_dir: str | os.PathLike[str], gate: float, tuned: Mappin
         with open(tmp, "wb") as handle:
             np.save(handle, result.surface)
         os.replace(tmp, folder / f"{method}_dice.npy")
-    record = {"gate": float(gate), **{m: {"t": r.params["t"], "q": r.params["q"], "val_dice": r.dice}
+    record = {"gate": float(gate), **{m: {"t": r.params["t"], "q": r.params["q"],
+                                          "floor": r.params.get("floor", 0.0), "val_dice": r.dice}
                                       for m, r in tuned.items()}}
     write_json_atomic(folder / "thresholds.json", record)
     return folder / "thresholds.json"

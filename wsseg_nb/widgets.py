@@ -31,6 +31,7 @@ class View:
     method: str
     t: float
     q: float
+    floor: float
     study_id: str
     z: int
     suv: np.ndarray
@@ -51,10 +52,11 @@ def _titles(view: View) -> list[str]:
     """Panel titles carrying the numbers of the frame."""
     gate = "tumorous" if view.cam is not None else "not tumorous -> empty mask"
     t_q = f"t_q = {view.t_q:.2f}" if np.isfinite(view.t_q) else "empty region"
+    floor = f", floor {view.floor:g}" if view.floor > 0 else ""
     return [f"{view.study_id} z={view.z}: PET/CT, truth",
             f"{DISPLAY.get(view.method, view.method)} ({gate})",
             f"region CAM ≥ {view.t:.2f}, {t_q}",
-            f"mask q={view.q:.1f}: slice Dice {view.slice_dice:.2f}",
+            f"mask q={view.q:.1f}{floor}: slice Dice {view.slice_dice:.2f}",
             f"val surface; study Dice {view.study_dice:.2f}" if np.isfinite(view.study_dice)
             else "val surface; study without lesion"]
 
@@ -62,7 +64,8 @@ def _titles(view: View) -> list[str]:
 def status(view: View) -> str:
     """One line of the frame's numbers as text (the live panel shows it under the image; a browser test reads it)."""
     study = f"{view.study_dice:.3f}" if np.isfinite(view.study_dice) else "n/a (no lesion)"
-    return (f"{DISPLAY.get(view.method, view.method)} · t {view.t:.2f} · q {view.q:.1f} · {view.study_id} "
+    return (f"{DISPLAY.get(view.method, view.method)} · t {view.t:.2f} · q {view.q:.1f} · floor {view.floor:g} · "
+            f"{view.study_id} "
             f"z={view.z} · slice Dice {view.slice_dice:.3f} · study Dice {study}")
 
 
@@ -136,7 +139,7 @@ def draw(view: View) -> Figure:
 class Explorer:
     """Live Algorithm 1 on the val/test slices: `update(**changes)` recomputes the frame and redraws (notebook 04)."""
 
-    KEYS = ("method", "t", "q", "study_id", "z")
+    KEYS = ("method", "t", "q", "floor", "study_id", "z")
 
     def __init__(self, data: segment.GatedSlices, cams: Mapping[str, np.ndarray],
                  tuned: Mapping[str, segment.Tuned], method: str | None = None, study_id: str | None = None):
@@ -148,7 +151,8 @@ class Explorer:
         method = method or next(iter(self.tuned))
         if study_id is None:
             study_id = str(data.studies["lesion_voxels"].idxmax())
-        self.params: dict[str, Any] = {"method": method, **self.tuned[method].params, "study_id": study_id,
+        self.params: dict[str, Any] = {"method": method, "floor": 0.0, **self.tuned[method].params,
+                                       "study_id": study_id,
                                        "z": self._default_slice(study_id)}
         self.current = self.view()
         self.figure, self._art = _build(self.current)
@@ -165,12 +169,13 @@ class Explorer:
     def view(self) -> View:
         """The frame at the current parameters."""
         p = self.params
-        method, t, q, sid, z = p["method"], float(p["t"]), float(p["q"]), p["study_id"], int(p["z"])
+        method, t, q, floor = p["method"], float(p["t"]), float(p["q"]), float(p["floor"])
+        sid, z = p["study_id"], int(p["z"])
         study = self.data.store.study(sid)
         suv, ct, gt = np.asarray(study.suv[z]), np.asarray(study.ct[z]), np.asarray(study.mask[z], dtype=bool)
         rows = self._rows.get(sid, np.zeros(0, dtype=np.intp))
         cams = self.cams[method][rows]
-        masks = segment.algorithm1(cams, self.data.suv[rows], t, q)
+        masks = segment.algorithm1(cams, self.data.suv[rows], t, q, floor=floor)
         study_dice = segment.study_dice(np.logical_and(masks, self.data.gt[rows]).sum(axis=(1, 2)),
                                         masks.sum(axis=(1, 2)), [sid] * len(rows), self.data.gt_total[[sid]])[0]
         slot = self._slot.get((sid, z))
@@ -178,20 +183,21 @@ class Explorer:
         region = (segment.cam_region(cam[None], t, suv.shape[-1])[0] if cam is not None
                   else np.zeros(suv.shape, dtype=bool))
         mask = masks[np.flatnonzero(rows == slot)[0]] if cam is not None else np.zeros(suv.shape, dtype=bool)
-        t_q = float(segment.region_percentile(suv[None], region[None], q)[0])
+        t_q = float(segment.region_percentile(suv[None], region[None], q)[0])  # NaN: empty region
+        t_q = max(t_q, floor) if np.isfinite(t_q) else t_q
         result = self.tuned[method]
-        return View(method, t, q, sid, z, suv, ct, gt, cam, region, mask, t_q, splots.slice_dice(mask, gt),
+        return View(method, t, q, floor, sid, z, suv, ct, gt, cam, region, mask, t_q, splots.slice_dice(mask, gt),
                     float(study_dice), result.surface, result.grid["t"], result.grid["q"])
 
     def update(self, **changes: Any) -> Figure:
-        """Set some of method, t, q, study_id, z and redraw (a new method jumps to its tuned (t, q))."""
+        """Set some of method, t, q, floor, study_id, z and redraw (a new method jumps to its tuned (t, q, floor))."""
         unknown = set(changes) - set(self.KEYS)
         if unknown:
             raise ValueError(f"unknown explorer parameter(s) {sorted(unknown)}; valid: {self.KEYS}")
         if "method" in changes and changes["method"] not in self.tuned:
             raise ValueError(f"method {changes['method']!r} not tuned; choose one of {sorted(self.tuned)}")
-        if "method" in changes and "t" not in changes and "q" not in changes:
-            changes = {**self.tuned[changes["method"]].params, **changes}
+        if "method" in changes and not {"t", "q", "floor"} & changes.keys():
+            changes = {"floor": 0.0, **self.tuned[changes["method"]].params, **changes}
         if "study_id" in changes and "z" not in changes:
             changes["z"] = self._default_slice(changes["study_id"])
         self.params.update(changes)
