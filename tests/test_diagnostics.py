@@ -100,13 +100,15 @@ def test_uptake_scale_by_hand():
     assert phantom._uptake_scale(background, excess, noise, 2.0, 1.5) == 1.0  # surroundings already brighter
 
 
-def test_tune_with_gate_drops_a_false_slice():
+def _false_slice_case(false_spot_suv: float) -> tuple[dict[str, np.ndarray], segment.GatedSlices]:
+    """One study: a lesion slice (SUV 5, p 0.95), a tumor-free slice (p 0.2) and a false call (p 0.6) whose CAM
+    region holds a 2x2 spot of `false_spot_suv` among SUV 1."""
     size = 8
     suv = np.ones((3, size, size), np.float32)
     gt = np.zeros((3, size, size), bool)
     gt[0, 2:4, 2:4] = True
     suv[0, 2:4, 2:4] = 5.0
-    suv[2, 5:7, 5:7] = 5.0                       # a hot spot on a tumor-free slice of the same study
+    suv[2, 5:7, 5:7] = false_spot_suv
     cams = np.zeros((3, 4, 4), np.float32)
     cams[0, 1, 1] = 1.0
     cams[2, 2:4, 2:4] = 1.0
@@ -114,27 +116,20 @@ def test_tune_with_gate_drops_a_false_slice():
                          "prob": [0.95, 0.2, 0.6]})
     data = segment.GatedSlices(None, rows, suv, gt, pd.DataFrame({"split": ["val"], "lesion_voxels": [4]},
                                                                  index=pd.Index(["s"], name="study_id")))
-    gate, tuned, table = segment.tune_with_gate({"cam": cams}, data, [0.5], [50.0], [0.5, 0.9])
+    return {"cam": cams}, data
+
+
+def test_tune_with_gate_drops_a_false_slice():
+    cams, data = _false_slice_case(5.0)          # a hot spot on a tumor-free slice of the same study
+    gate, tuned, table = segment.tune_with_gate(cams, data, [0.5], [50.0], [0.5, 0.9])
     assert gate == 0.9 and tuned["cam"].dice == 1.0
     assert table.loc[0.5, "cam"] == pytest.approx(2 * 4 / (4 + 4 + 16))
 
 
 def test_tune_with_gate_floor_removes_warm_tissue_of_a_false_slice():
-    size = 8
-    suv = np.ones((3, size, size), np.float32)
-    gt = np.zeros((3, size, size), bool)
-    gt[0, 2:4, 2:4] = True
-    suv[0, 2:4, 2:4] = 5.0
-    suv[2, 5:7, 5:7] = 2.0                       # warm tissue (SUV 2) in the region of a false call
-    cams = np.zeros((3, 4, 4), np.float32)
-    cams[0, 1, 1] = 1.0
-    cams[2, 2:4, 2:4] = 1.0
-    rows = pd.DataFrame({"study_id": ["s"] * 3, "slice": [0, 1, 2], "split": "val", "label": [1, 0, 0],
-                         "prob": [0.95, 0.2, 0.6]})
-    data = segment.GatedSlices(None, rows, suv, gt, pd.DataFrame({"split": ["val"], "lesion_voxels": [4]},
-                                                                 index=pd.Index(["s"], name="study_id")))
+    cams, data = _false_slice_case(2.0)          # warm tissue (SUV 2) in the region of a false call
     # q = 50 of the false region (4 x SUV 2, 12 x SUV 1) is 1: all 16 voxels kept without a floor, none at 3
-    gate, tuned, table = segment.tune_with_gate({"cam": cams}, data, [0.5], [50.0], [0.5, 0.9], [0.0, 3.0])
+    gate, tuned, table = segment.tune_with_gate(cams, data, [0.5], [50.0], [0.5, 0.9], [0.0, 3.0])
     assert gate == 0.5 and tuned["cam"].params["floor"] == 3.0 and tuned["cam"].dice == 1.0  # ties: first gate
     assert tuned["cam"].by_floor == {0.0: pytest.approx(2 * 4 / (4 + 4 + 16)), 3.0: 1.0}
     assert table.loc[0.5, "cam"] == table.loc[0.9, "cam"] == 1.0
