@@ -2,7 +2,8 @@
 
     python -m benchmarks.body_gap_probe --run-dir runs/demo --seeds 0 2 --out /tmp/bodygap [-p cls_epochs=4]
 
-A probe, not a package option: it swaps `VGG16CAM.forward` and `cam.classic_cam` in this process only. A cell is
+A probe, not a package option: it swaps `VGG16CAM.forward` and `cam.classic_cam` in this process only (the
+pointing probe reads `classic_cam`; `cam.compute_cams`, and with it the flip displacement, the plain CAM). A cell is
 body when at least half its pixels have SUV > BODY_SUV (the lungs' 0.3-0.6 included: the PET fills the outline);
 the logit is the mean CAM over body cells plus b, and the pointing probe reads the same map with the cells outside
 set to the slice's minimum. Session 8, 4 epochs: worse on every seed (visible pointing <= 0.35). Otherwise as

@@ -188,6 +188,24 @@ def test_map_does_not_depend_on_batch(model: nn.Module, x: torch.Tensor, method:
     assert together.dtype == torch.float32 and 0 <= together.min() and together.max() <= 1
 
 
+def test_compute_maps_shares_one_forward_and_equals_each_method_alone(model: nn.Module, x: torch.Tensor) -> None:
+    calls = []
+    handle = model.features.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        together = cam.compute_maps(model, x, ["cam", "gradcam", "gradcampp", "layercam"], batch_size=2)
+        assert len(calls) == 3  # 5 slices in chunks of 2: one forward per chunk for all four methods
+        calls.clear()
+        scored = cam.compute_maps(model, x, ["cam", "scorecam"], topk=2, batch_size=5)["scorecam"]
+        assert len(calls) == 1 + 2  # one forward, then 5 slices x 2 channels masked in chunks of 5
+    finally:
+        handle.remove()
+    for method, maps in together.items():
+        assert torch.equal(maps, compute_cams(model, x, method, batch_size=2)), method
+    assert torch.equal(scored, compute_cams(model, x, "scorecam", topk=2, batch_size=5))
+    with pytest.raises(ValueError, match="layercam_fused"):
+        cam.compute_maps(model, x, ["cam", "layercam_fused"])
+
+
 def test_gradcam_at_inner_layer_matches_manual_split(model: nn.Module, x: torch.Tensor) -> None:
     conv = model.features[3]  # followed by ReLU(inplace=True): the recorded A must stay pre-activation
     with torch.enable_grad():
@@ -271,16 +289,19 @@ class FakeStore:
 
 def test_cams_for_slices_streams_and_round_trips(model: nn.Module, x: torch.Tensor, tmp_path) -> None:
     positions = np.array([4, 0, 2])
-    out = cam.cams_for_slices(model, FakeStore(x), positions, ["cam", "scorecam"], batch_size=2)
+    out = cam.cams_for_slices(model, FakeStore(x), positions, ["cam", "layercam_fused", "scorecam"], batch_size=2)
     assert out["cam"].dtype == np.float16 and out["cam"].shape == (3, 8, 8)
     np.testing.assert_allclose(out["scorecam"], compute_cams(model, x[positions], "scorecam").numpy(), atol=1e-3)
+    np.testing.assert_allclose(out["layercam_fused"], compute_cams(model, x[positions], "layercam_fused").numpy(),
+                               atol=1e-3)  # not a last-layer method: computed on its own, beside the shared pass
     empty = cam.cams_for_slices(model, FakeStore(x), [], ["gradcam"])
     assert empty["gradcam"].shape == (0, 8, 8)
     index = pd.DataFrame({"study_id": ["0007", "0007", "0009"], "slice": [4, 0, 2]})
     cam.save_cams(tmp_path, index, out)
     assert pd.read_csv(tmp_path / "index.csv", dtype={"study_id": str})["study_id"].tolist() == ["0007", "0007", "0009"]
     np.testing.assert_array_equal(np.load(tmp_path / "cam.npy"), out["cam"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cam.npy", "index.csv", "scorecam.npy"]  # no temp left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cam.npy", "index.csv", "layercam_fused.npy",
+                                                          "scorecam.npy"]  # no temp left
     with pytest.raises(ValueError, match="2 maps but index.csv has 3"):
         cam.save_cams(tmp_path, index, {"cam": out["cam"][:2]})
 

@@ -133,7 +133,11 @@ def _gradient_cams(model: nn.Module, x: Tensor, method: str, layers: Sequence[nn
         scaled = [torch.tanh(2.0 * normalize_maps(_combine(g.relu(), a))) for a, g in pairs]  # LayerCAM Eq. 9
         upsampled = [F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] for m in scaled]
         return torch.stack(upsampled).amax(0)
-    acts, grads = pairs[0]
+    return _from_gradients(method, *pairs[0])
+
+
+def _from_gradients(method: str, acts: Tensor, grads: Tensor) -> Tensor:
+    """GradCAM, GradCAM++ or LayerCAM of one layer's activations and gradients (B,K,h,w) -> (B,h,w), unnormalised."""
     if method == "gradcam":
         return _combine(grads.mean((2, 3)), acts)
     if method == "gradcampp":
@@ -157,7 +161,11 @@ def _scorecam(model: nn.Module, x: Tensor, layer: nn.Module, topk: int, batch_si
     z = scaled_input(model, x)
     with capture([layer]) as acts:
         logit_from_scaled(model, z)
-    a = acts[0].float()
+    return _scorecam_from(model, z, acts[0].float(), topk, batch_size)
+
+
+def _scorecam_from(model: nn.Module, z: Tensor, a: Tensor, topk: int, batch_size: int) -> Tensor:
+    """ScoreCAM of a scaled input z (B,2,S,S) whose target-layer activations are a (B,K,h,w); see `_scorecam`."""
     active = a.flatten(2).ne(0).any(-1)
     if topk > 0:
         keep = a.flatten(2).var(-1).topk(min(topk, a.shape[1]), dim=1).indices
@@ -193,8 +201,20 @@ def _require_gap_fc(model: nn.Module) -> None:
 def classic_cam(model: nn.Module, x: Tensor) -> Tensor:
     """Eq. 1 as written, unnormalised and without ReLU: M = sum_k v_k A_k of raw slices x (B,2,S,S) -> (B,h,w)."""
     _require_gap_fc(model)
-    acts = model.features(scaled_input(model, x)).float()
-    return torch.einsum("k,bkhw->bhw", model.fc.weight[0].float(), acts)
+    return _cam_from(model, model.features(scaled_input(model, x)).float())
+
+
+def _cam_from(model: nn.Module, acts: Tensor) -> Tensor:
+    """Eq. 1 of last-layer activations (B,K,h,w): sum_k v_k A_k -> (B,h,w), unnormalised."""
+    return torch.einsum("k,bkhw->bhw", model.fc.weight[0].detach().float(), acts)
+
+
+def _check_batch(x: Tensor, topk: int, batch_size: int) -> None:
+    """ValueError unless x is a non-empty (B, 2, S, S) batch, batch_size >= 1 and topk >= 0."""
+    if x.dim() != 4 or len(x) == 0:
+        raise ValueError(f"x must be a non-empty batch (B, 2, S, S) of raw [SUV, HU] slices, got {tuple(x.shape)}")
+    if batch_size < 1 or topk < 0:
+        raise ValueError(f"batch_size must be >= 1 and topk >= 0, got batch_size={batch_size}, topk={topk}")
 
 
 def compute_cams(model: nn.Module, x: Tensor, method: str, *,
@@ -214,12 +234,9 @@ def compute_cams(model: nn.Module, x: Tensor, method: str, *,
         raise ValueError(f"unknown CAM method {method!r}; choose one of {METHODS}")
     if method == "cam" and target_layer not in (None, model.features):
         raise ValueError("CAM (Eq. 1) is defined only at the last conv layer, whose GAP feeds the FC layer")
-    if method == "cam":
-        _require_gap_fc(model)
-    if x.dim() != 4 or len(x) == 0:
-        raise ValueError(f"x must be a non-empty batch (B, 2, S, S) of raw [SUV, HU] slices, got {tuple(x.shape)}")
-    if batch_size < 1 or topk < 0:
-        raise ValueError(f"batch_size must be >= 1 and topk >= 0, got batch_size={batch_size}, topk={topk}")
+    if method in SHARED_METHODS and target_layer in (None, model.features):
+        return compute_maps(model, x, [method], topk=topk, batch_size=batch_size)[method]
+    _check_batch(x, topk, batch_size)
     if method == "layercam_fused":
         layers = list(target_layer) if target_layer is not None else block_ends(model)[-3:]
     else:
@@ -233,12 +250,52 @@ def compute_cams(model: nn.Module, x: Tensor, method: str, *,
                 maps = _gradient_cams(model, xb, method, layers)
             else:
                 with torch.inference_mode():
-                    if method == "cam":
-                        maps = classic_cam(model, xb)
-                    else:
-                        maps = _scorecam(model, xb, layers[0], topk, batch_size)
+                    maps = _scorecam(model, xb, layers[0], topk, batch_size)
             chunks.append(normalize_maps(maps).to(x.device))
     return torch.cat(chunks)
+
+
+SHARED_METHODS = ("cam", "gradcam", "gradcampp", "layercam", "scorecam")
+"""Methods that read only the last conv layer's activations (and their gradient): `compute_maps` shares one pass."""
+
+
+def compute_maps(model: nn.Module, x: Tensor, methods: Sequence[str], *, topk: int = 0,
+                 batch_size: int = 64) -> dict[str, Tensor]:
+    """{method: maps (B,h,w)} of several last-layer methods from one forward per chunk; equal to `compute_cams` each.
+
+    The activations A of `model.features` come from a single forward, their gradient from one backward through
+    the head (only when a gradient method is asked for), and ScoreCAM's masked forwards reuse both A and the scaled
+    input: for CAM + GradCAM + GradCAM++ + ScoreCAM (top-k) that is 1 + k forwards per slice instead of 4 + k.
+    """
+    unknown = [m for m in methods if m not in SHARED_METHODS]
+    if unknown:
+        raise ValueError(f"compute_maps shares the last layer's pass among {SHARED_METHODS}; got {unknown} "
+                         f"(use compute_cams for it)")
+    if "cam" in methods:
+        _require_gap_fc(model)
+    _check_batch(x, topk, batch_size)
+    device = next(model.parameters()).device
+    wants_grads = any(m in GRADIENT_METHODS for m in methods)
+    chunks: dict[str, list[Tensor]] = {m: [] for m in methods}
+    with eval_mode(model):
+        for xb in x.split(batch_size):
+            xb = xb.to(device, torch.float32, non_blocking=True)
+            with torch.inference_mode(False):
+                z = scaled_input(model, xb.clone())
+                with torch.no_grad(), capture([model.features], cut=True) as acts:
+                    logits = logit_from_scaled(model, z)
+                grads = torch.autograd.grad(logits.sum(), acts)[0].float() if wants_grads else None
+            a = acts[0].detach().float()
+            for method in methods:
+                if method == "cam":
+                    maps = _cam_from(model, a)
+                elif method == "scorecam":
+                    with torch.inference_mode():
+                        maps = _scorecam_from(model, z.detach(), a, topk, batch_size)
+                else:
+                    maps = _from_gradients(method, a, grads)
+                chunks[method].append(normalize_maps(maps).to(x.device))
+    return {m: torch.cat(c) for m, c in chunks.items()}
 
 
 ALIGN_SLICES = 256
@@ -302,8 +359,11 @@ def cams_for_slices(model: nn.Module, store: Any, positions: Sequence[int] | np.
     for start in progress(starts, desc="CAMs", unit="batch", disable=not n):
         chunk = positions[start:start + batch_size] if n else np.zeros(1, dtype=np.int64)
         x = torch.from_numpy(np.ascontiguousarray(store.read(chunk)[0])).to(device)
+        shared = [m for m in methods if m in SHARED_METHODS]
+        together = compute_maps(model, x, shared, topk=topk, batch_size=batch_size) if shared else {}
         for method in methods:
-            maps = compute_cams(model, x, method, topk=topk, batch_size=batch_size)
+            maps = together[method] if method in together else compute_cams(model, x, method, topk=topk,
+                                                                             batch_size=batch_size)
             if any(shift):
                 maps = normalize_maps(shift_maps(maps, shift, x.shape[-1]))
             maps = maps.cpu().numpy()
