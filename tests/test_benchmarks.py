@@ -119,3 +119,29 @@ def test_component_kinds_sorts_false_volume_by_where_it_sits() -> None:
     assert kinds.loc["tumor slice, apart"].tolist() == [1, 1]
     assert kinds.loc["tumor-free slices"].tolist() == [2, 2]
     assert component_kinds(np.zeros_like(truth), truth).empty
+
+
+def test_shift_and_stitch_offsets_centre_each_finer_cell() -> None:
+    from benchmarks.dense_cam_probe import stitch_offsets
+
+    assert stitch_offsets(8, 1) == [0] and stitch_offsets(8, 2) == [-2, 2] and stitch_offsets(8, 4) == [-3, -1, 1, 3]
+    with pytest.raises(ValueError, match="divide"):
+        stitch_offsets(8, 3)
+
+
+def test_stitched_cam_interleaves_the_maps_of_shifted_inputs() -> None:
+    import torch
+
+    from benchmarks.dense_cam_probe import stitched_cam
+    from tests.test_cam import TinyCAMNet
+    from wsseg_nb import cam
+
+    torch.manual_seed(0)
+    net = TinyCAMNet().eval()
+    x = torch.rand(3, 2, 32, 32) * torch.tensor([8.0, 1000.0])[:, None, None]
+    plain = cam.classic_cam(net, x)
+    assert torch.equal(stitched_cam(net, x, 4, 1), plain)
+    fine = stitched_cam(net, x, 4, 2, batch=2)  # offsets -1, +1: sub-grid (a, b) is the map of x moved by (-o_a, -o_b)
+    assert fine.shape == (3, 16, 16)
+    moved = torch.roll(x, shifts=(1, -1), dims=(-2, -1))  # o = (-1, +1)
+    torch.testing.assert_close(fine[:, 0::2, 1::2], cam.classic_cam(net, moved), atol=1e-6, rtol=0)
