@@ -137,18 +137,12 @@ def open_run(run_dir: Path, device: str | None = None, config: Config | None = N
 
 
 def method_params(run_dir: Path, method: str) -> dict[str, float]:
-    """Gate, t, q and SUV floor (0 when absent: runs before the floor) of a CAM method from segment/thresholds.json (notebook 04)."""
-    from .segment import read_gate
+    """Gate, t, q and SUV floor of a CAM method from segment/thresholds.json (notebook 04), as InputErrors."""
+    from .segment import read_gate, read_method_params
 
-    path = require_artifact(run_dir, "segment/thresholds.json")
+    require_artifact(run_dir, "segment/thresholds.json")
     with as_input_error():
-        gate = read_gate(run_dir)
-    entry = json.loads(path.read_text()).get(method)
-    if not isinstance(entry, dict) or not {"t", "q"} <= entry.keys():
-        tuned = [k for k, v in json.loads(path.read_text()).items() if isinstance(v, dict)]
-        raise InputError(f"{path}: no field {method!r} with t and q (tuned methods: {tuned}); notebook 04 tunes "
-                         "the run's cam_methods")
-    return {"gate": gate, "t": float(entry["t"]), "q": float(entry["q"]), "floor": float(entry.get("floor", 0.0))}
+        return {"gate": read_gate(run_dir), **read_method_params(run_dir, method)}
 
 
 def unet_checkpoint(run_dir: Path, method: str) -> Path:

@@ -8,7 +8,6 @@ other method's t, q and epoch, scores against the validation studies' lesion mas
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -37,18 +36,6 @@ def positions_path(labels: str | os.PathLike[str]) -> Path:
     return labels.with_name(labels.stem + ".positions.npy")
 
 
-def _tuned(run_dir: Path, method: str) -> dict[str, float]:
-    """t, q and SUV floor (0 when absent) of `method` from segment/thresholds.json (notebook 04)."""
-    path = run_dir / "segment" / "thresholds.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: notebook 04 tunes t and q before the CAM -> U-Net")
-    entry = json.loads(path.read_text()).get(method)
-    if not isinstance(entry, dict) or not {"t", "q"} <= entry.keys():
-        raise ValueError(f"{path}: no field {method!r} with t and q; cam_unet_method must be one of the tuned "
-                         f"cam_methods")
-    return {"t": float(entry["t"]), "q": float(entry["q"]), "floor": float(entry.get("floor", 0.0))}
-
-
 def write_pseudo_labels(run: Run, model: Any) -> pd.DataFrame:
     """Algorithm 1 masks of the training slices to `labels_path` (+ their store rows), atomically.
 
@@ -60,11 +47,11 @@ def write_pseudo_labels(run: Run, model: Any) -> pd.DataFrame:
     import torch
 
     from .cam import _save_npy_atomic, cams_for_slices
-    from .segment import algorithm1, read_gate, study_dice
+    from .segment import algorithm1, read_gate, read_method_params, study_dice
     from .train import cam_shift, predict_logits
 
     c = run.config
-    params = _tuned(run.dir, c.cam_unet_method)
+    params = read_method_params(run.dir, c.cam_unet_method)
     store = SliceStore(run.store)
     rows = store.index[store.index["split"] == "train"]
     tumor_rows = rows.index.to_numpy()[rows["label"].to_numpy() > 0]

@@ -481,6 +481,20 @@ def read_gate(run_dir: str | os.PathLike[str]) -> float:
     return float(record["gate"])
 
 
+def read_method_params(run_dir: str | os.PathLike[str], method: str) -> dict[str, float]:
+    """t, q and SUV floor (0 when absent: thresholds written before the floor) of a method (notebooks 05, `segment`)."""
+    path = Path(run_dir) / "segment" / "thresholds.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: notebook 04 tunes t and q")
+    record = json.loads(path.read_text())
+    entry = record.get(method)
+    if not isinstance(entry, dict) or not {"t", "q"} <= entry.keys():
+        tuned = [k for k, v in record.items() if isinstance(v, dict)]
+        raise ValueError(f"{path}: no field {method!r} with t and q (tuned methods: {tuned}); notebook 04 tunes "
+                         "the run's cam_methods")
+    return {"t": float(entry["t"]), "q": float(entry["q"]), "floor": float(entry.get("floor", 0.0))}
+
+
 def save_study_masks(run_dir: str | os.PathLike[str], method: str, masks: Mapping[str, np.ndarray]) -> Path:
     """Write masks/<method>/<study_id>.npz (key 'mask', bool), each atomically (temp name, then rename)."""
     folder = Path(run_dir) / "masks" / method
