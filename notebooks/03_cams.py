@@ -277,7 +277,9 @@ pd.DataFrame({"as the network gives them": diagnostics.pointing_probe(store, "va
 # The package streams them from the slice store in batches and writes `cams/index.csv` plus one float16 array
 # per method, aligned with its rows, every map moved back by the classifier's displacement $d$ (section 8).
 # ScoreCAM is exact unless `scorecam_topk` > 0 (then the top-k channels
-# by variance).
+# by variance). All four maps read the same activations $A$ of the last conv layer, so one forward pass per batch
+# serves them all (`cam.compute_maps`): CAM weighs $A$ by $v$, GradCAM and GradCAM++ by its gradient (one backward
+# pass through the head only), and ScoreCAM's masked forwards reuse $A$ for their masks.
 
 # %% [markdown]
 # With `scorecam_topk > 0` (the demo: ScoreCAM's $K$ masked forwards per slice dominate the chain's time) only
