@@ -214,7 +214,10 @@ print(f"{len(studies)} studies written to masks/unet/")
 # on the classifier that session 13's run (the phantom without the added physiology, bf16) also
 # used (`-p cam_unet_epochs=12`, README): pseudo-labels of median Dice 0.36 on the training studies, a validation
 # Dice of 0.30 and a test Dice of 0.27, below that run's CAM at 0.41: the pseudo-labels, cut from 32 mm cells,
-# are still what limits it. It has not been measured on this run's classifier.
+# are still what limits it. On this run's classifier only the first stage was measured (session 17, `python -m
+# benchmarks.pseudo_label_probe`): CAM's pseudo-labels at notebook 04's $t$ and $q$ reach a median Dice of 0.32 on
+# the training studies, and 0.28–0.36 over the four maps with $t$ and $q$ tuned behind a perfect gate instead
+# (the validation maps reach 0.45 there, the training studies' 0.35). The U-Net was not retrained on them.
 
 # %%
 if cfg.cam_unet_epochs:
