@@ -145,3 +145,15 @@ def test_stitched_cam_interleaves_the_maps_of_shifted_inputs() -> None:
     assert fine.shape == (3, 16, 16)
     moved = torch.roll(x, shifts=(1, -1), dims=(-2, -1))  # o = (-1, +1)
     torch.testing.assert_close(fine[:, 0::2, 1::2], cam.classic_cam(net, moved), atol=1e-6, rtol=0)
+
+
+def test_hysteresis_gate_grows_along_z_within_a_study_only() -> None:
+    from benchmarks.gate_hysteresis_probe import hysteresis
+
+    rows = pd.DataFrame({"study_id": ["A"] * 6 + ["B", "B", "A"], "slice": [3, 0, 2, 1, 4, 5, 6, 7, 7]})
+    prob = np.array([0.6, 0.2, 0.9, 0.6, 0.4, 0.6, 0.6, 0.95, 0.6])
+    # study A by slice: 0.2 0.6 0.9 0.6 0.4 0.6 _ 0.6 -> slices 1-3 (2 strong, 1 and 3 weak neighbours); slice 5 is
+    # cut off by slice 4 (below low), slice 7 by the missing slice 6; B's slice 6 joins B's strong slice 7
+    keep = hysteresis(rows, prob, high=0.8, low=0.5)
+    assert keep.tolist() == [True, False, True, True, False, False, True, True, False]
+    assert hysteresis(rows, prob, high=0.8, low=0.8).tolist() == (prob >= 0.8).tolist()
