@@ -1,20 +1,27 @@
 """One Adam step of the demo classifier with the first max-pool dropped (the paper's) or the one before block 5.
 
     python -m benchmarks.pool_position_bench [--steps 6]
+    python -m benchmarks.pool_position_bench --train --run-dir runs/demo --seeds 0 1 --out /tmp/pool [-p KEY=VALUE]
+
 
 Both keep three pools, so both give the same S/8 map (32 mm cells at the demo's 4 mm pixels). The paper drops the
 first pool, so block 2 runs at full resolution; moving the pool back there and dropping the one after block 4
 instead runs blocks 2-4 on a quarter of the pixels. A throughput probe only (synthetic batch, the two nets
-alternating so that a shared CPU slows both alike); whether the second net trains and localizes is not measured.
+alternating so that a shared CPU slows both alike). With --train it trains the second net instead, as
+`benchmarks.classifier_seeds` does (same arguments, same table; `train.classifier_model` swapped in this process
+only, LSUV applied after the move), to measure whether it trains and localizes.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
 from torch import nn
 
+from benchmarks import classifier_seeds
+from wsseg_nb import train
 from wsseg_nb.config import get_config
 from wsseg_nb.models import VGG16CAM
 
@@ -66,5 +73,16 @@ def main() -> None:
         print(f"{name}: {min(times[name][1:]):.1f} ms per slice, {side}x{side} map")
 
 
+def train_moved(argv: list[str]) -> None:
+    """`benchmarks.classifier_seeds` with every classifier built with its pool moved early (`pool_moved_early`)."""
+    plain = train.classifier_model
+    train.classifier_model = lambda c, pretrained=None: pool_moved_early(plain(c, pretrained))
+    sys.argv = [sys.argv[0], *argv]
+    classifier_seeds.main()
+
+
 if __name__ == "__main__":
-    main()
+    if "--train" in sys.argv:
+        train_moved([a for a in sys.argv[1:] if a != "--train"])
+    else:
+        main()
