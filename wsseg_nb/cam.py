@@ -228,7 +228,8 @@ def compute_cams(model: nn.Module, x: Tensor, method: str, *,
     `block_ends(model)[-3:]`, tanh-scaled, upsampled to the finest of them, element-wise max; finer maps).
     target_layer: default `model.features` (A of the last conv); a list of layers for "layercam_fused".
     Runs on the model's device in chunks of `batch_size` (ScoreCAM: masked images per forward) and returns on
-    x's device; the model's train/eval flags are restored and no hook survives the call.
+    x's device; the model's train/eval flags are restored and no hook survives the call. At the last layer every
+    method but "layercam_fused" is `compute_maps` of that one method.
     """
     if method not in METHODS:
         raise ValueError(f"unknown CAM method {method!r}; choose one of {METHODS}")
