@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.pseudo_label_probe import median_dice
 from wsseg_nb import runs, segment
 
 
@@ -38,14 +39,6 @@ def hysteresis(rows: pd.DataFrame, prob: np.ndarray, high: float, low: float) ->
         keep = grown
 
 
-def median_dice(maps: np.ndarray, data: segment.GatedSlices, keep: np.ndarray, t: float, q: float) -> float:
-    """Validation median per-study Dice of Algorithm 1 at one (t, q) on the kept slices."""
-    kept = data.subset(keep)
-    inter, pred = segment.algorithm1_counts(maps[keep], kept.suv, kept.gt, [t], [q], desc="algorithm 1")
-    per_study = segment.study_dice(inter, pred, kept.rows["study_id"], kept.gt_total)[:, 0, 0]
-    return float(np.median(per_study[kept.gt_total.to_numpy() > 0]))
-
-
 def main() -> None:
     """Print both tables; write RUN_DIR/bench_gate_decomposition.csv and RUN_DIR/bench_gate_hysteresis.csv."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -62,7 +55,7 @@ def main() -> None:
     called = prob >= gate
     cases = {"gated": called, "no false slices": called & tumor, "missed added": called | tumor, "perfect gate": tumor}
     params = {m: segment.read_method_params(run.dir, m) for m in cfg.cam_methods}
-    split = pd.DataFrame({name: {m: median_dice(maps[m], val, keep, params[m]["t"], params[m]["q"])
+    split = pd.DataFrame({name: {m: median_dice(maps[m][keep], val.subset(keep), params[m]["t"], params[m]["q"])
                                  for m in cfg.cam_methods} for name, keep in cases.items()})
     print(f"gate p >= {gate}: {called.sum()} called, {(called & ~tumor).sum()} false, {(~called & tumor).sum()} "
           f"missed\n{split.round(3).to_string()}", flush=True)
