@@ -13,7 +13,6 @@ and validation splits only; needs a run through notebook 04.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +48,7 @@ def main() -> None:
     train_data = segment.gather_slices(store, rows[["study_id", "slice", "split"]], ("train",), "store index.csv")
     maps = cams_for_slices(train.load_classifier(run), store, train_data.rows["position"].to_numpy(), methods,
                            cfg.cam_batch, run.device, cfg.scorecam_topk, train.cam_shift(run))
-    at_gate = json.loads((run.dir / "segment" / "thresholds.json").read_text())
+    at_gate = {m: segment.read_method_params(run.dir, m) for m in methods}
     table = []
     for m in methods:
         behind = segment.tune_algorithm1(val_maps[m], oracle.suv, oracle.gt, oracle.rows["study_id"],
