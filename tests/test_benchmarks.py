@@ -157,17 +157,3 @@ def test_hysteresis_gate_grows_along_z_within_a_study_only() -> None:
     keep = hysteresis(rows, prob, high=0.8, low=0.5)
     assert keep.tolist() == [True, False, True, True, False, False, True, True, False]
     assert hysteresis(rows, prob, high=0.8, low=0.8).tolist() == (prob >= 0.8).tolist()
-
-
-def test_pool_moved_early_keeps_three_pools_and_the_map_size() -> None:
-    import torch
-    from torch import nn
-
-    from benchmarks.pool_position_bench import pool_moved_early
-    from wsseg_nb.models import VGG16CAM
-
-    net = pool_moved_early(VGG16CAM(1 / 8))
-    kinds = ["M" if isinstance(m, nn.MaxPool2d) else m.out_channels for m in net.features if not isinstance(m, nn.ReLU)]
-    assert kinds == [8, 8, "M", 16, 16, "M", 32, 32, 32, "M", 64, 64, 64, 64, 64, 64]
-    with torch.no_grad():
-        assert net.features(torch.zeros(1, 2, 64, 64)).shape[-1] == 8  # S / 8, as the paper's layout

@@ -33,6 +33,24 @@ def test_full_width_feature_map_is_512x32x32_on_256_input() -> None:
     assert sum(p.numel() for p in model.parameters()) == 14_714_688 - 576 + 513
 
 
+def test_early_pools_keep_the_map_size_and_the_imagenet_mapping() -> None:
+    """'early' pools after conv1_2, conv2_2 and conv3_3 (indices 4, 9, 16); stride 4 keeps the first two of either."""
+    pools = {}
+    for layout in ("late", "early"):
+        for stride in (8, 4):
+            model = VGG16CAM(width=1 / 16, stride=stride, pools=layout)
+            pools[layout, stride] = [i for i, m in enumerate(model.features) if isinstance(m, torch.nn.MaxPool2d)]
+            with torch.no_grad():
+                assert model.features(torch.zeros(1, 2, 64, 64)).shape == (1, 32, 64 // stride, 64 // stride)
+    assert pools == {("late", 8): [8, 15, 22], ("late", 4): [8, 15], ("early", 8): [4, 9, 16], ("early", 4): [4, 9]}
+    reference = torchvision.models.vgg16(weights=None).state_dict()
+    model = VGG16CAM(pools="early")
+    model.features.load_state_dict(imagenet_features_state(reference, pools="early"))
+    assert torch.equal(_convs(model.features)[2].weight, reference["features.5.weight"])  # conv2_1 after the pool
+    with pytest.raises(ValueError, match="pools one of"):
+        VGG16CAM(width=1 / 16, pools="middle")
+
+
 def test_width_multiplier_and_forward_composition() -> None:
     model = VGG16CAM(width=1 / 16).eval()
     assert [c.out_channels for c in _convs(model.features)] == [4, 4, 8, 8, 16, 16, 16, 32, 32, 32, 32, 32, 32]

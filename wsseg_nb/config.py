@@ -39,6 +39,8 @@ class Config:
     vgg_init: str = _p("he", "torchvision's VGG init (He, fan_out) where no ImageNet weights are loaded; 'lsuv' "
                              "then rescales each layer on a batch of training slices (models.lsuv_)")
     vgg_stride: int = _p(8, "Sec. 2.2.1: first and last max-pool removed, a 32x32 map from 256x256 (16 mm cells)")
+    vgg_pools: str = _p("late", "Sec. 2.2.1: max-pools after blocks 2, 3 and 4; 'early': after blocks 1, 2 and 3 (the "
+                                "same map size, blocks 2-4 on a quarter of the pixels)")
     cls_head: str = _p("gap_fc", "Sec. 2.2.1: GAP + one FC, where classic CAM applies; 'authors': the authors' code, "
                                  "torchvision's adaptive 7x7 pool and FC stack (CAM undefined there; notebook 03)")
     cls_epochs: int = _p(50, "Sec. 2.3.3: 50 epochs")
@@ -324,6 +326,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "cls_schedule": ("constant", "cosine"),
     "unet_schedule": ("constant", "cosine"),
     "vgg_norm": ("none", "batch"),
+    "vgg_pools": ("late", "early"),
     "cls_head": ("gap_fc", "authors"),
     "cam_unet_gate": ("labels", "classifier"),
     "vgg_init": ("he", "lsuv"),

@@ -15,8 +15,11 @@ SUV_CLIP = 20.0
 SUV_DIV = 5.0
 HU_CLIP = (-1000.0, 1000.0)
 HU_DIV = 1000.0
-VGG16_CONVS = (64, 64, 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
-"""torchvision's VGG16 "D" layout with the first max-pool and the pool after conv5_3 removed: 3 pools, stride 8."""
+VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+"""torchvision's VGG16 "D" layout: five blocks of 3x3 convs, each followed there by a 2x2 max-pool."""
+POOLS = {"late": (2, 3, 4), "early": (1, 2, 3)}
+"""The blocks followed by a max-pool at stride 8: 'late' drops the first and the last pool (the paper, Sec. 2.2.1);
+'early' drops the pools after blocks 4 and 5 instead (the same S/8 map, blocks 2-4 on a quarter of the pixels)."""
 
 
 def vgg16_weights_path(norm: str = "none") -> Path:
@@ -47,13 +50,13 @@ def init_first_conv_from_rgb(weight: torch.Tensor, bias: torch.Tensor, in_channe
 
 
 def imagenet_features_state(state_dict: dict[str, torch.Tensor], norm: str = "none",
-                            stride: int = 8) -> dict[str, torch.Tensor]:
+                            stride: int = 8, pools: str = "late") -> dict[str, torch.Tensor]:
     """torchvision vgg16 (or vgg16_bn) state dict -> `VGG16CAM.features` state dict (indices remapped, 2-channel conv)."""
     convs = sorted({int(k.split(".")[1]) for k in state_dict
                     if k.startswith("features.") and state_dict[k].ndim == 4})
     if len(convs) != 13:
         raise ValueError(f"VGG16 state dict: expected 13 conv layers under 'features.', found {len(convs)}")
-    ours = [i for i, layer in enumerate(_vgg_layers(1.0, 2, norm, stride)) if isinstance(layer, nn.Conv2d)]
+    ours = [i for i, layer in enumerate(_vgg_layers(1.0, 2, norm, stride, pools)) if isinstance(layer, nn.Conv2d)]
     out: dict[str, torch.Tensor] = {}
     for src, dst in zip(convs, ours):
         w, b = state_dict[f"features.{src}.weight"], state_dict[f"features.{src}.bias"]
@@ -97,34 +100,36 @@ AUTHORS_POOL = 7
 """torchvision's VGG16 pools the last feature map to 7x7 before its FC stack (25088 -> 4096 -> 4096 -> classes)."""
 
 
-def _vgg_layers(width: float, in_channels: int, norm: str = "none", stride: int = 8) -> list[nn.Module]:
+def _vgg_layers(width: float, in_channels: int, norm: str = "none", stride: int = 8,
+                pools: str = "late") -> list[nn.Module]:
     """The VGG16 conv stack (ReLU after every conv, BatchNorm before it with norm='batch') with torchvision's init.
 
-    Stride 8 keeps three max-pools (the paper's 32x32 map from 256x256); stride 4 also drops the pool before
-    block 5 (a 32x32 map from 128x128, the paper's 16 mm cells at the demo's 4 mm pixels).
+    Stride 8 keeps three max-pools (`POOLS`; the paper's 32x32 map from 256x256); stride 4 also drops the last of
+    them (a 32x32 map from 128x128, the paper's 16 mm cells at the demo's 4 mm pixels).
     """
-    if norm not in NORMS or stride not in STRIDES:
-        raise ValueError(f"VGG16: norm must be one of {NORMS} and stride one of {STRIDES}, got {norm!r}, {stride!r}")
-    pools = [i for i, item in enumerate(VGG16_CONVS) if item == "M"]
-    skip = set(pools[2:]) if stride == 4 else set()
+    if norm not in NORMS or stride not in STRIDES or pools not in POOLS:
+        raise ValueError(f"VGG16: norm must be one of {NORMS}, stride one of {STRIDES} and pools one of "
+                         f"{list(POOLS)}, got {norm!r}, {stride!r}, {pools!r}")
+    pooled = POOLS[pools][:2] if stride == 4 else POOLS[pools]
     layers: list[nn.Module] = []
     channels = in_channels
-    for i, item in enumerate(VGG16_CONVS):
-        if item == "M":
-            if i not in skip:
-                layers.append(nn.MaxPool2d(2, 2))
-        else:
-            conv = nn.Conv2d(channels, _width(int(item), width), 3, padding=1)
+    for block, convs in enumerate(VGG16_BLOCKS, start=1):
+        for out in convs:
+            conv = nn.Conv2d(channels, _width(out, width), 3, padding=1)
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # torchvision.models.VGG
             nn.init.zeros_(conv.bias)
             layers += [conv, nn.BatchNorm2d(conv.out_channels)] if norm == "batch" else [conv]
             layers.append(nn.ReLU(inplace=True))
             channels = conv.out_channels
+        if block in pooled:
+            layers.append(nn.MaxPool2d(2, 2))
     return layers
 
 
 class VGG16CAM(nn.Module):
     """VGG16 without the first and last max-pool (S -> S/8 map; S/4 with stride 4) and a head to a tumor logit (nb 02).
+
+    pools='early' keeps the pool after block 1 and drops the one after block 4 instead (`POOLS`): the same map size.
 
     head='gap_fc' (the paper's text): GAP and one FC, where classic CAM applies. head='authors' (their code):
     torchvision's adaptive 7x7 average pool and FC stack (Linear-ReLU-Dropout twice, then Linear to one logit),
@@ -133,7 +138,7 @@ class VGG16CAM(nn.Module):
     """
 
     def __init__(self, width: float = 1.0, pretrained: str = "none", norm: str = "none", stride: int = 8,
-                 head: str = "gap_fc") -> None:
+                 head: str = "gap_fc", pools: str = "late") -> None:
         super().__init__()
         if pretrained not in ("none", "auto", "true"):
             raise ValueError(f"pretrained must be 'none', 'auto' or 'true', got {pretrained!r}")
@@ -142,7 +147,7 @@ class VGG16CAM(nn.Module):
         if head not in HEADS:
             raise ValueError(f"VGG16 head must be one of {HEADS}, got {head!r}")
         self.scale = InputScale()
-        self.features = nn.Sequential(*_vgg_layers(width, 2, norm, stride))
+        self.features = nn.Sequential(*_vgg_layers(width, 2, norm, stride, pools))
         self.head = head
         channels = _width(512, width)
         if head == "gap_fc":
@@ -157,7 +162,7 @@ class VGG16CAM(nn.Module):
         if pretrained != "none" and width == 1.0:
             state = _load_imagenet_state(required=pretrained == "true", norm=norm)
             if state is not None:
-                self.features.load_state_dict(imagenet_features_state(state, norm, stride))
+                self.features.load_state_dict(imagenet_features_state(state, norm, stride, pools))
                 if head == "authors":  # their code keeps the ImageNet FC layers and replaces only the last one
                     for i in (0, 3):
                         self.fc[i].load_state_dict({k: state[f"classifier.{i}.{k}"] for k in ("weight", "bias")})

@@ -502,7 +502,7 @@ def train_classifier(run: Run, resume: bool = True, folder: str = "classifier",
         lsuv_(model, init_batch(train_set, c.seed))
     optimizer = classifier_optimizer(model, c)
     hparams = {"width": c.vgg_width, "pretrained": c.pretrained, "norm": c.vgg_norm, "stride": c.vgg_stride,
-               "init": c.vgg_init, **({"head": c.cls_head} if c.cls_head != "gap_fc" else {}),
+               **({"pools": c.vgg_pools} if c.vgg_pools != "late" else {}), "init": c.vgg_init, **({"head": c.cls_head} if c.cls_head != "gap_fc" else {}),
                **({"cam_align": c.cam_align} if c.cam_align != "none" else {}),
                "optimizer": c.cls_optimizer, "lr": c.cls_lr, "momentum": c.cls_momentum, "slice_size": c.slice_size,
                **({"features": "frozen copy"} if features_from is not None else {})}
@@ -530,9 +530,9 @@ def init_batch(dataset: Dataset, seed: int, n: int = LSUV_SLICES) -> torch.Tenso
 
 
 def classifier_model(c: Config, pretrained: str | None = None) -> VGG16CAM:
-    """The config's VGG16-CAM (width, norm, stride, head; ImageNet weights as `c.pretrained` unless overridden)."""
+    """The config's VGG16-CAM (width, norm, stride, pools, head; ImageNet weights as `c.pretrained` unless overridden)."""
     return VGG16CAM(c.vgg_width, c.pretrained if pretrained is None else pretrained, c.vgg_norm, c.vgg_stride,
-                    c.cls_head)
+                    c.cls_head, c.vgg_pools)
 
 
 def unet_model(c: Config) -> UNet:
