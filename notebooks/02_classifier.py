@@ -64,9 +64,10 @@ store.index.groupby("split").agg(slices=("label", "size"), tumor_fraction=("labe
 # global average pooling (GAP) followed by one linear layer — exactly the form for which the class activation
 # map $M = \sum_k v_k A^k$ of notebook 03 is defined. The paper's profile runs at full width; the demo profile
 # divides every channel count by 8 (`vgg_width` = 1/8). `vgg_norm = "batch"` would insert BatchNorm after every
-# conv (torchvision's `vgg16_bn` layout) and `vgg_stride = 4` would also drop the pool before block 5; the demo
-# measured both and keeps neither (`config.DEMO_OVERRIDES` records how). Shapes first, on the meta device (no
-# memory, no compute):
+# conv (torchvision's `vgg16_bn` layout), `vgg_stride = 4` would also drop the pool before block 5, and
+# `vgg_pools = "early"` would keep the first pool and drop the one after block 4 instead (the same map, an epoch
+# 2.35× shorter, but less learned per epoch); the demo measured all three and keeps none (`config.DEMO_OVERRIDES`
+# records how). Shapes first, on the meta device (no memory, no compute):
 
 # %%
 # NBVAL_CHECK_OUTPUT

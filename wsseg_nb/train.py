@@ -502,7 +502,8 @@ def train_classifier(run: Run, resume: bool = True, folder: str = "classifier",
         lsuv_(model, init_batch(train_set, c.seed))
     optimizer = classifier_optimizer(model, c)
     hparams = {"width": c.vgg_width, "pretrained": c.pretrained, "norm": c.vgg_norm, "stride": c.vgg_stride,
-               **({"pools": c.vgg_pools} if c.vgg_pools != "late" else {}), "init": c.vgg_init, **({"head": c.cls_head} if c.cls_head != "gap_fc" else {}),
+               **({"pools": c.vgg_pools} if c.vgg_pools != "late" else {}),  # so that earlier checkpoints resume
+               "init": c.vgg_init, **({"head": c.cls_head} if c.cls_head != "gap_fc" else {}),
                **({"cam_align": c.cam_align} if c.cam_align != "none" else {}),
                "optimizer": c.cls_optimizer, "lr": c.cls_lr, "momentum": c.cls_momentum, "slice_size": c.slice_size,
                **({"features": "frozen copy"} if features_from is not None else {})}
