@@ -348,7 +348,7 @@ def test_gradcam_under_a_nonlinear_head_matches_autograd_and_differs_from_cam(x:
     torch.testing.assert_close(compute_cams(net, x, "gradcam"), expected.detach(), atol=ATOL, rtol=0)
     assert not g.flatten(2).std(-1).eq(0).all()  # the gradient varies over the map: GradCAM is not ReLU(CAM)
     assert not cam.has_gap_fc(net) and cam.has_gap_fc(TinyCAMNet())
-    with pytest.raises(ValueError, match="needs GAP \\+ one FC"):
+    with pytest.raises(ValueError, match="needs a global pool \\+ one FC"):
         compute_cams(net, x, "cam")
 
 
@@ -362,6 +362,7 @@ def test_config_refuses_cam_with_the_authors_head() -> None:
     assert authors.cam_methods == ("gradcam", "scorecam")
     with pytest.raises(InputError, match="vgg_init.*LSUV rescales the single FC"):  # the demo's default init
         get_config("demo", cls_head="authors", cam_methods="gradcam,scorecam")
+    assert get_config("demo", cls_head="gmp_fc").cam_methods == get_config("demo").cam_methods  # CAM and LSUV apply
 
 
 class ShiftedNet(nn.Module):
@@ -451,3 +452,20 @@ def test_pointing_probe_with_align_scores_the_undone_maps() -> None:
     aligned = diagnostics.pointing_probe(Store(), "val", align=True)(net)
     assert raw["pointing"] == 0.0 and "cam_shift_y" not in raw  # 2 and 3 pixels off a 3x3 spot
     assert aligned["pointing"] == 1.0 and (aligned["cam_shift_y"], aligned["cam_shift_x"]) == (2.0, -3.0)
+
+
+def test_max_pool_head_keeps_the_cam_map_and_gradcam_is_its_relu(x: torch.Tensor) -> None:
+    """cls_head 'gmp_fc': logit = sum_k v_k max A_k + b; the gradient sums to v_k over each map (it reaches the
+    peak cell only), so GradCAM's weights are v_k / N and GradCAM = normalised ReLU(CAM), as under GAP."""
+    from wsseg_nb.models import VGG16CAM, lsuv_
+
+    torch.manual_seed(4)
+    net = lsuv_(VGG16CAM(1 / 16, head="gmp_fc"), x).eval()
+    a = last_acts(net, x)
+    v, b = net.fc.weight[0].detach(), net.fc.bias.detach()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), a.amax((2, 3)) @ v + b, atol=ATOL, rtol=0)
+    m = torch.einsum("k,bkhw->bhw", v, a)
+    torch.testing.assert_close(compute_cams(net, x, "cam"), normalize_maps(m), atol=ATOL, rtol=0)
+    torch.testing.assert_close(compute_cams(net, x, "gradcam"), normalize_maps(m.relu()), atol=ATOL, rtol=0)
+    assert cam.has_gap_fc(net)

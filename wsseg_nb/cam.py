@@ -184,16 +184,16 @@ def _scorecam_from(model: nn.Module, z: Tensor, a: Tensor, topk: int, batch_size
 
 
 def has_gap_fc(model: nn.Module) -> bool:
-    """Whether the classifier's head is GAP + one linear layer, the only head where classic CAM (Eq. 1) is defined."""
+    """Whether the head is a global (average or max) pool + one linear layer, where classic CAM (Eq. 1) is defined."""
     pool, fc = getattr(model, "pool", None), getattr(model, "fc", None)
-    return (isinstance(pool, nn.AdaptiveAvgPool2d) and pool.output_size in (1, (1, 1))
+    return (isinstance(pool, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and pool.output_size in (1, (1, 1))
             and isinstance(fc, nn.Linear) and fc.out_features == 1)
 
 
 def _require_gap_fc(model: nn.Module) -> None:
-    """ValueError unless classic CAM applies to the model (cls_head 'gap_fc')."""
+    """ValueError unless classic CAM applies to the model (cls_head 'gap_fc' or 'gmp_fc')."""
     if not has_gap_fc(model):
-        raise ValueError(f"CAM (Eq. 1) needs GAP + one FC (cls_head 'gap_fc'); this classifier's head is "
+        raise ValueError(f"CAM (Eq. 1) needs a global pool + one FC (cls_head 'gap_fc'); this classifier's head is "
                          f"{getattr(model, 'head', type(getattr(model, 'fc', None)).__name__)!r}: use "
                          f"{[m for m in METHODS if m != 'cam']}")
 

@@ -41,8 +41,9 @@ class Config:
     vgg_stride: int = _p(8, "Sec. 2.2.1: first and last max-pool removed, a 32x32 map from 256x256 (16 mm cells)")
     vgg_pools: str = _p("late", "Sec. 2.2.1: max-pools after blocks 2, 3 and 4; 'early': after blocks 1, 2 and 3 (the "
                                 "same map size, blocks 2-4 on a quarter of the pixels)")
-    cls_head: str = _p("gap_fc", "Sec. 2.2.1: GAP + one FC, where classic CAM applies; 'authors': the authors' code, "
-                                 "torchvision's adaptive 7x7 pool and FC stack (CAM undefined there; notebook 03)")
+    cls_head: str = _p("gap_fc", "Sec. 2.2.1: GAP + one FC, where classic CAM applies; 'gmp_fc': global max pool + one "
+                                 "FC (the same CAM map); 'authors': the authors' code, torchvision's adaptive 7x7 "
+                                 "pool and FC stack (CAM undefined there; notebook 03)")
     cls_epochs: int = _p(50, "Sec. 2.3.3: 50 epochs")
     cls_batch: int = _p(64, "Sec. 2.3.3: batch size 64")
     cls_optimizer: str = _p("sgd", "Sec. 2.3.3: SGD with momentum ('adam' in the demo: from scratch, few epochs)")
@@ -336,7 +337,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "unet_schedule": ("constant", "cosine"),
     "vgg_norm": ("none", "batch"),
     "vgg_pools": ("late", "early"),
-    "cls_head": ("gap_fc", "authors"),
+    "cls_head": ("gap_fc", "gmp_fc", "authors"),
     "cam_unet_gate": ("labels", "classifier"),
     "vgg_init": ("he", "lsuv"),
     "cls_select": ("val_auc", "val_pointing_visible", "val_auc*val_pointing_visible"),
@@ -405,11 +406,11 @@ def check(c: Config) -> Config:
         raise bad("device", f"expected one of {list(DEVICES)}")
     if c.vgg_stride not in (8, 4):
         raise bad("vgg_stride", "expected 8 or 4")
-    if c.cls_head != "gap_fc" and "cam" in c.cam_methods:
-        raise bad("cam_methods", f"CAM (Eq. 1) needs cls_head 'gap_fc' (GAP + one FC); with cls_head "
-                                 f"{c.cls_head!r} choose among {[m for m in METHODS if m != 'cam']}")
-    if c.cls_head != "gap_fc" and c.vgg_init == "lsuv":
-        raise bad("vgg_init", f"LSUV rescales the single FC of cls_head 'gap_fc', not {c.cls_head!r}")
+    if c.cls_head == "authors" and "cam" in c.cam_methods:
+        raise bad("cam_methods", f"CAM (Eq. 1) needs cls_head 'gap_fc' or 'gmp_fc' (a global pool + one FC); with "
+                                 f"cls_head {c.cls_head!r} choose among {[m for m in METHODS if m != 'cam']}")
+    if c.cls_head == "authors" and c.vgg_init == "lsuv":
+        raise bad("vgg_init", f"LSUV rescales the single FC of cls_head 'gap_fc' or 'gmp_fc', not {c.cls_head!r}")
     for key in ("t_grid", "gate_grid"):
         if not getattr(c, key) or not all(0.0 <= v <= 1.0 for v in getattr(c, key)):
             raise bad(key, "expected values in [0, 1]")

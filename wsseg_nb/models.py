@@ -94,7 +94,7 @@ def _load_imagenet_state(required: bool, norm: str = "none") -> dict[str, torch.
 
 NORMS = ("none", "batch")
 STRIDES = (8, 4)
-HEADS = ("gap_fc", "authors")
+HEADS = ("gap_fc", "gmp_fc", "authors")
 """Classifier heads: GAP + one FC (the paper's text, Sec. 2.2.1) or torchvision's VGG16 head (the authors' code)."""
 AUTHORS_POOL = 7
 """torchvision's VGG16 pools the last feature map to 7x7 before its FC stack (25088 -> 4096 -> 4096 -> classes)."""
@@ -131,7 +131,9 @@ class VGG16CAM(nn.Module):
 
     pools='early' keeps the pool after block 1 and drops the one after block 4 instead (`POOLS`): the same map size.
 
-    head='gap_fc' (the paper's text): GAP and one FC, where classic CAM applies. head='authors' (their code):
+    head='gap_fc' (the paper's text): GAP and one FC, where classic CAM applies. head='gmp_fc': global max pool and
+    one FC (Oquab et al. 2015), logit = sum_k v_k max A_k + b, so the same CAM map but only each channel's peak cell
+    is pooled. head='authors' (their code):
     torchvision's adaptive 7x7 average pool and FC stack (Linear-ReLU-Dropout twice, then Linear to one logit),
     4096 hidden units scaled by the width; classic CAM is undefined there. norm='batch' is torchvision's vgg16_bn
     layout (BatchNorm after every conv), the VGG16 variant with ImageNet weights.
@@ -150,8 +152,8 @@ class VGG16CAM(nn.Module):
         self.features = nn.Sequential(*_vgg_layers(width, 2, norm, stride, pools))
         self.head = head
         channels = _width(512, width)
-        if head == "gap_fc":
-            self.pool = nn.AdaptiveAvgPool2d(1)
+        if head in ("gap_fc", "gmp_fc"):
+            self.pool = nn.AdaptiveAvgPool2d(1) if head == "gap_fc" else nn.AdaptiveMaxPool2d(1)
             self.fc = nn.Linear(channels, 1)
         else:
             hidden = _width(4096, width)
@@ -178,8 +180,9 @@ def lsuv_(model: VGG16CAM, x: torch.Tensor) -> VGG16CAM:
     """Data-dependent init (LSUV, Mishkin & Matas 2016): each conv's weights rescaled in place so that its output
     has unit variance on the batch x (raw [SUV, HU] slices), then the FC so that the logits' standard deviation
     over the batch is 1. With torchvision's init the plain stack's logits barely vary (std ~1e-3) at the start."""
-    if model.head != "gap_fc":
-        raise ValueError(f"LSUV init rescales the single FC of head 'gap_fc'; this classifier's head is {model.head!r}")
+    if model.head == "authors":
+        raise ValueError("LSUV init rescales the single FC of head 'gap_fc' or 'gmp_fc'; this classifier's head is "
+                         "'authors'")
     h = model.scale(x)
     for layer in model.features:
         if isinstance(layer, nn.Conv2d):
