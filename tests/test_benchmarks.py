@@ -157,3 +157,14 @@ def test_hysteresis_gate_grows_along_z_within_a_study_only() -> None:
     keep = hysteresis(rows, prob, high=0.8, low=0.5)
     assert keep.tolist() == [True, False, True, True, False, False, True, True, False]
     assert hysteresis(rows, prob, high=0.8, low=0.8).tolist() == (prob >= 0.8).tolist()
+
+
+def test_seed_dice_probe_names_the_missing_classifier(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from benchmarks import seed_dice_probe
+
+    (tmp_path / "seed0").mkdir()
+    monkeypatch.setattr(sys, "argv", ["seed_dice_probe", "--out", str(tmp_path), "--seeds", "0"])
+    with pytest.raises(SystemExit, match="seed0/classifier/best.pt: no trained classifier"):
+        seed_dice_probe.main()
