@@ -347,7 +347,7 @@ def test_gradcam_under_a_nonlinear_head_matches_autograd_and_differs_from_cam(x:
     expected = normalize_maps((g.mean((2, 3))[:, :, None, None] * a).sum(1).relu())
     torch.testing.assert_close(compute_cams(net, x, "gradcam"), expected.detach(), atol=ATOL, rtol=0)
     assert not g.flatten(2).std(-1).eq(0).all()  # the gradient varies over the map: GradCAM is not ReLU(CAM)
-    assert not cam.has_gap_fc(net) and cam.has_gap_fc(TinyCAMNet())
+    assert not cam.has_global_pool_fc(net) and cam.has_global_pool_fc(TinyCAMNet())
     with pytest.raises(ValueError, match="needs a global pool \\+ one FC"):
         compute_cams(net, x, "cam")
 
@@ -468,4 +468,4 @@ def test_max_pool_head_keeps_the_cam_map_and_gradcam_is_its_relu(x: torch.Tensor
     m = torch.einsum("k,bkhw->bhw", v, a)
     torch.testing.assert_close(compute_cams(net, x, "cam"), normalize_maps(m), atol=ATOL, rtol=0)
     torch.testing.assert_close(compute_cams(net, x, "gradcam"), normalize_maps(m.relu()), atol=ATOL, rtol=0)
-    assert cam.has_gap_fc(net)
+    assert cam.has_global_pool_fc(net)

@@ -183,24 +183,24 @@ def _scorecam_from(model: nn.Module, z: Tensor, a: Tensor, topk: int, batch_size
     return _combine(weights, a)
 
 
-def has_gap_fc(model: nn.Module) -> bool:
+def has_global_pool_fc(model: nn.Module) -> bool:
     """Whether the head is a global (average or max) pool + one linear layer, where classic CAM (Eq. 1) is defined."""
     pool, fc = getattr(model, "pool", None), getattr(model, "fc", None)
     return (isinstance(pool, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and pool.output_size in (1, (1, 1))
             and isinstance(fc, nn.Linear) and fc.out_features == 1)
 
 
-def _require_gap_fc(model: nn.Module) -> None:
+def _require_global_pool_fc(model: nn.Module) -> None:
     """ValueError unless classic CAM applies to the model (cls_head 'gap_fc' or 'gmp_fc')."""
-    if not has_gap_fc(model):
-        raise ValueError(f"CAM (Eq. 1) needs a global pool + one FC (cls_head 'gap_fc'); this classifier's head is "
-                         f"{getattr(model, 'head', type(getattr(model, 'fc', None)).__name__)!r}: use "
-                         f"{[m for m in METHODS if m != 'cam']}")
+    if not has_global_pool_fc(model):
+        head = getattr(model, "head", type(getattr(model, "fc", None)).__name__)
+        raise ValueError(f"CAM (Eq. 1) needs a global pool + one FC (cls_head 'gap_fc' or 'gmp_fc'); this "
+                         f"classifier's head is {head!r}: use {[m for m in METHODS if m != 'cam']}")
 
 
 def classic_cam(model: nn.Module, x: Tensor) -> Tensor:
     """Eq. 1 as written, unnormalised and without ReLU: M = sum_k v_k A_k of raw slices x (B,2,S,S) -> (B,h,w)."""
-    _require_gap_fc(model)
+    _require_global_pool_fc(model)
     return _cam_from(model, model.features(scaled_input(model, x)).float())
 
 
@@ -273,7 +273,7 @@ def compute_maps(model: nn.Module, x: Tensor, methods: Sequence[str], *, topk: i
         raise ValueError(f"compute_maps shares the last layer's pass among {SHARED_METHODS}; got {unknown} "
                          f"(use compute_cams for it)")
     if "cam" in methods:
-        _require_gap_fc(model)
+        _require_global_pool_fc(model)
     _check_batch(x, topk, batch_size)
     device = next(model.parameters()).device
     wants_grads = any(m in GRADIENT_METHODS for m in methods)
@@ -318,7 +318,7 @@ def flip_displacement(model: nn.Module, x: Tensor, batch_size: int = 128) -> tup
     flip) or 2 d_y (up-down flip) from the peak of the unflipped map. d is half the median of those differences
     over the slices x; `shift_maps(maps, d, S)` undoes it. CAM of GAP + FC heads, GradCAM of the others.
     """
-    method = "cam" if has_gap_fc(model) else "gradcam"
+    method = "cam" if has_global_pool_fc(model) else "gradcam"
     size = tuple(x.shape[-2:])
     with eval_mode(model):
         peaks = [_peaks(torch.cat([compute_cams(model, xb.flip(dims), method, batch_size=batch_size).flip(dims)

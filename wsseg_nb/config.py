@@ -240,7 +240,7 @@ on seed 0, so seed 1 was not run to the end.
 
 cls_head 'gmp_fc' with vgg_pools 'early' (session 18, AVX2 fp32, validation; `python -m benchmarks.classifier_seeds
 --seeds 0 1 -p cls_head=gmp_fc -p vgg_pools=early -p cls_epochs=32`, then `python -m benchmarks.seed_dice_probe`;
-run then as a model swap of the same weights): a global max pool before the FC pins the logit to each channel's
+run here as a model swap with the same weights): a global max pool before the FC pins the logit to each channel's
 peak cell, and it holds the pointing that 'early' pools alone lose. 32 epochs (~17 min on 2 cores, against 31 min
 for 24 'late' GAP epochs). Seed 0: kept epoch 32, val AUC 0.917 (thinned; 0.913 on every slice), visible pointing
 0.79, against GAP 'late' 0.904 / 0.75; seed 1: epoch 29, 0.929 (0.930) / 0.79, against 0.855 / 0.77. Visible

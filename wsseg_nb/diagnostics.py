@@ -110,10 +110,10 @@ def cam_maps(model: nn.Module, x: torch.Tensor, batch: int = 128) -> np.ndarray:
 
     For a head without GAP + FC (cls_head 'authors'), where CAM is undefined, GradCAM (min-max normalised) instead.
     """
-    from .cam import classic_cam, compute_cams, has_gap_fc
+    from .cam import classic_cam, compute_cams, has_global_pool_fc
 
     device = next(model.parameters()).device
-    if not has_gap_fc(model):
+    if not has_global_pool_fc(model):
         return compute_cams(model, x, "gradcam", batch_size=batch).numpy()
     with torch.no_grad():
         return torch.cat([classic_cam(model, xb.to(device)).cpu() for xb in x.split(batch)]).numpy()
@@ -176,13 +176,13 @@ def compare_maps(models: dict[str, nn.Module], x: torch.Tensor, masks: np.ndarra
     correlation with the `reference` map of the same classifier; methods a head cannot compute are left out.
 
     topk > 0: ScoreCAM of the top-k channels by variance, as `scorecam_topk` (notebook 03)."""
-    from .cam import compute_cams, has_gap_fc
+    from .cam import compute_cams, has_global_pool_fc
 
     suvmax = lesion_suvmax(np.asarray(x[:, 0]), masks)
     rows = []
     for name, model in models.items():
-        maps = {m: compute_cams(model, x, m, batch_size=batch, topk=topk).numpy()
-                for m in dict.fromkeys([reference, *methods]) if m != "cam" or has_gap_fc(model)}
+        methods_here = [m for m in dict.fromkeys([reference, *methods]) if m != "cam" or has_global_pool_fc(model)]
+        maps = {m: compute_cams(model, x, m, batch_size=batch, topk=topk).numpy() for m in methods_here}
         for method in methods:
             if method in maps:
                 r = map_correlation(maps[method], maps[reference])

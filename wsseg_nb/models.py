@@ -95,7 +95,8 @@ def _load_imagenet_state(required: bool, norm: str = "none") -> dict[str, torch.
 NORMS = ("none", "batch")
 STRIDES = (8, 4)
 HEADS = ("gap_fc", "gmp_fc", "authors")
-"""Classifier heads: GAP + one FC (the paper's text, Sec. 2.2.1) or torchvision's VGG16 head (the authors' code)."""
+"""Classifier heads: GAP + one FC (the paper's text, Sec. 2.2.1), global max pool + one FC, or torchvision's VGG16
+head (the authors' code)."""
 AUTHORS_POOL = 7
 """torchvision's VGG16 pools the last feature map to 7x7 before its FC stack (25088 -> 4096 -> 4096 -> classes)."""
 
