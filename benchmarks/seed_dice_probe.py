@@ -3,8 +3,8 @@
     python -m benchmarks.classifier_seeds --seeds 0 1 --out /tmp/gmp -p cls_head=gmp_fc -p vgg_pools=early
     python -m benchmarks.seed_dice_probe --out /tmp/gmp --seeds 0 1
 
-For OUT/seed<N> (read back from its run.json, so its own head and pools) it predicts the validation slices, computes the maps
-of the slices called at the lowest gate plus every tumor slice (moved back by the checkpoint's displacement),
+For OUT/seed<N> (read back from its run.json, so its own head and pools) it predicts the validation slices,
+computes the maps of the slices called at the lowest gate plus every tumor slice (moved back by the checkpoint's displacement),
 writes them as notebook 03 does into OUT/seed<N>/cams, tunes the gate, t and q together as notebook 04 does, and
 prints the gated and the perfect-gate median Dice per method. The test split is never predicted. Run on a copy
 of session 15's chain run directory it gives that run's diagnostics.json numbers exactly (gate 0.8; CAM 0.337,
@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from benchmarks.cam_stride_probe import stage_row
 from wsseg_nb import cam, diagnostics, infer, runs, segment, train
 from wsseg_nb.slices import SliceStore
 
@@ -34,16 +35,10 @@ def seed_dice(run: runs.Run) -> dict[str, float]:
     cam.save_cams(run.path("cams"), rows[["study_id", "slice", "split", "label", "prob"]], maps)
     val = segment.load_gated(run.dir, ("val",))
     cams = {m: segment.load_cams(run.dir, m, val.rows) for m in cfg.cam_methods}
-    gate, tuned, _ = segment.tune_with_gate(cams, val, cfg.t_grid, cfg.q_grid, cfg.gates, cfg.floor_grid)
+    gate, _, _ = segment.tune_with_gate(cams, val, cfg.t_grid, cfg.q_grid, cfg.gates, cfg.floor_grid)
     row = {"val_auc": roc_auc_score(pred["label"] > 0, pred["prob"]),
            **diagnostics.gate_stats(pred["label"], pred["prob"], gate)}
-    oracle, keep = val.oracle(), (val.rows["label"] > 0).to_numpy()
-    for method, maps_m in cams.items():
-        row[f"val_dice_{method}"] = tuned[method].dice
-        row[f"oracle_dice_{method}"] = segment.tune_algorithm1(
-            maps_m[keep], oracle.suv, oracle.gt, oracle.rows["study_id"], oracle.gt_total, cfg.t_grid, cfg.q_grid,
-            desc=f"oracle {method}").dice
-    return row
+    return {**row, **stage_row(cams, val, cfg, gate)}
 
 
 def main() -> None:
