@@ -60,9 +60,13 @@ print(f"val+test slices called tumorous (p >= {lowest_gate}): {int(called.sum())
 # ## 1. The ingredients: feature maps $A_k$ and one FC layer
 #
 # The classifier is `fc(pool(features(scale(x))))`: the last conv layer gives $K$ feature maps $A_k$ of
-# $h \times w = S/8 \times S/8$ pixels (ReLU'd, so $A_k \ge 0$), global average pooling turns each into a number,
+# $h \times w = S/8 \times S/8$ pixels (ReLU'd, so $A_k \ge 0$), a global pool $P$ turns each into a number,
 # and one FC layer with weights $v_k$ and bias $b$ gives the tumor logit
-# $$y = b + \sum_k v_k \frac{1}{N}\sum_{h,w} A^k_{hw}, \qquad N = h\,w .$$
+# $$y = b + \sum_k v_k\,P(A_k), \qquad P(A_k) = \frac{1}{N}\sum_{h,w} A^k_{hw} \ \text{(average)} \quad\text{or}\quad
+# \max_{h,w} A^k_{hw} \ \text{(max)}, \qquad N = h\,w .$$
+# The paper's text uses global average pooling (GAP, `cls_head="gap_fc"`); the demo uses global max pooling (GMP,
+# `"gmp_fc"`, Oquab et al. 2015), which ties each channel's contribution to its peak cell (notebook 02 says why).
+# Every formula below is written for both.
 # We take a few **test slices with several lesions** (ground-truth components) that the classifier calls
 # tumorous; every map below is computed for them.
 
@@ -78,6 +82,7 @@ with torch.no_grad():
     A = model.features(model.scale(x))
 v, N = model.fc.weight[0].detach(), A.shape[-2] * A.shape[-1]
 labels = [f"{r.study_id} z{r.slice}\np={r.prob:.2f}" for r in rows.iloc[panel].itertuples()]
+print(f"head {cfg.cls_head!r}: pool {model.pool}")
 print(f"A: {tuple(A.shape)} (B, K, h, w); lesions on the panel slices: {per_slice.to_numpy()[panel].tolist()}")
 print(f"channels that are all zero on these slices: {A.flatten(2).amax(-1).eq(0).sum(1).tolist()} of {A.shape[1]}")
 
@@ -104,8 +109,9 @@ print("CAM from scratch == cam.compute_cams(model, x, 'cam')")
 # ## 3. GradCAM (Eqs. 2–3): does it light up one lesion only?
 #
 # $$\delta_k = \frac{1}{N}\sum_{h,w}\frac{\partial y}{\partial A^k_{hw}}, \qquad M = \max\Big(\sum_k \delta_k A_k, 0\Big).$$
-# With GAP + one FC layer the gradient is the same everywhere, $\partial y / \partial A^k_{hw} = v_k / N$, so
-# $\delta_k = v_k/N$ and **GradCAM is exactly CAM with a ReLU** (up to the factor $1/N$ that normalisation removes).
+# With GAP + one FC layer the gradient is the same everywhere, $\partial y / \partial A^k_{hw} = v_k / N$; with GMP
+# it is $v_k$ at the channel's peak cell and 0 elsewhere. Either way its spatial mean is $\delta_k = v_k/N$, and
+# **GradCAM is exactly CAM with a ReLU** (up to the factor $1/N$ that normalisation removes).
 
 # %%
 A_ = A.clone().requires_grad_(True)
@@ -122,7 +128,7 @@ print("GradCAM from scratch == package == CAM with ReLU")
 # Does the ReLU cost the weaker lesions? Only where CAM is negative. CAM's min-max normalisation maps the most
 # negative pixel to 0, GradCAM's the value 0; a lesion that the classifier counts as evidence has a positive CAM
 # and keeps almost the same normalised value in both. The table gives each ground-truth lesion's peak value of
-# the maps on the panel slices: with GAP + one FC, CAM and GradCAM agree to within 0.02 on every lesion,
+# the maps on the panel slices: with one FC after a global pool, CAM and GradCAM agree to within 0.02 on every lesion,
 # secondary ones included. GradCAM++ and ScoreCAM weight the channels differently and move a lesion's value by
 # up to 0.14 (the 76-voxel lesion of PETCT_0085, slice 106: 0.94 in CAM, 0.80 in GradCAM++), but no map drops a
 # lesion: on these slices every lesion peaks at 0.63 of its map's maximum or more. Over all gated slices
@@ -144,9 +150,11 @@ peaks.drop(columns="row").round(2)
 # The exp trick: take $Y = e^{y}$. The network after $A$ is piecewise linear in $A$, so with $g = \partial y/\partial A$
 # the derivatives are $Y g$, $Y g^2$, $Y g^3$ and
 # $$\alpha = \frac{g^2}{2g^2 + g^3\sum_{ij}A_{ij}} = \frac{1}{2 + g\sum_{ij}A_{ij}} \quad (g \ne 0).$$
-# For GAP + FC ($g = v_k/N$): $\alpha_k = 1/(2 + v_k\,\overline{A_k})$ and $w_k = \max(v_k,0)/(2 + v_k\,\overline{A_k})$.
+# For GAP + FC ($g = v_k/N$ on all $N$ cells): $\alpha_k = 1/(2 + v_k\,\overline{A_k})$ and
+# $w_k = \max(v_k,0)/(2 + v_k\,\overline{A_k})$. For GMP + FC ($g = v_k$ on the peak cell only):
+# $w_k = \max(v_k,0)/(2 + v_k\sum_{ij}A^k_{ij})$, the sum in place of the mean.
 # The common factor $Y$ drops out in the normalisation. A fixed $\varepsilon$ in the denominator (one peer
-# library adds $10^{-6}$) is not harmless in general: $g^2 = (v_k/N)^2$ can be of that order or smaller. The
+# library adds $10^{-6}$) is not harmless in general: under GAP $g^2 = (v_k/N)^2$ can be of that order or smaller. The
 # cell prints this classifier's range of $g^2$ and how far such an $\varepsilon$ moves its maps (here little:
 # its smallest $g^2$ are for channels with small weights).
 
@@ -155,7 +163,7 @@ S_A = A.sum((2, 3), keepdim=True)
 alpha = torch.where(g != 0, g**2 / (2 * g**2 + g**3 * S_A), 0.0)  # Eq. 5 as written (float32)
 w_pp = (alpha * g.relu()).sum((2, 3))                              # Eq. 4
 M_pp = torch.einsum("bk,bkhw->bhw", w_pp, A).relu()
-closed = v.relu() / (2 + v * A.mean((2, 3)))
+closed = v.relu() / (2 + v * (A.mean((2, 3)) if cfg.cls_head == "gap_fc" else A.sum((2, 3))))
 assert torch.allclose(minmax(M_pp), cam.compute_cams(model, x, "gradcampp"), atol=1e-4)
 assert torch.allclose(w_pp, closed, rtol=1e-3)
 alpha_eps = g**2 / (2 * g**2 + g**3 * S_A + 1e-6)
@@ -208,7 +216,8 @@ cplots.cam_panel(x_np[:1, 0], x_np[:1, 1], gt[:1], {"scorecam": minmax(M_sc).num
 # ## 6. Beyond the paper: LayerCAM
 #
 # LayerCAM weights every pixel by its own positive gradient, $M = \max(\sum_k \max(g^k_{hw},0)\,A^k_{hw}, 0)$.
-# At the last layer of GAP + FC that is CAM with $\max(v_k, 0)$. Its point is earlier layers, where gradients
+# At the last layer of GAP + FC that is CAM with $\max(v_k, 0)$; under GMP only each channel's peak cell has a
+# gradient, so it is a sparse map of peaks. Its point is earlier layers, where gradients
 # vary over the image: `layercam_fused` computes it at the ends of the last three VGG stages, scales each map by
 # $\tanh(2M)$, upsamples to the finest and keeps the element-wise maximum (a finer map, $S/2$ here).
 
@@ -228,8 +237,8 @@ cplots.cam_panel(x_np[:, 0], x_np[:, 1], gt, maps_panel, labels);
 # %% [markdown]
 # ## 8. Where the maps sit: a displacement, measured by flipping
 #
-# Global average pooling makes the logit blind to *where* the evidence sits: moving every feature map $A_k$ by a
-# constant $d$ changes nothing the loss sees. A network trained long enough can therefore learn such a move, and
+# A global pool, average or max, makes the logit blind to *where* the evidence sits: moving every feature map $A_k$
+# by a constant $d$ changes nothing the loss sees. A network trained long enough can therefore learn such a move, and
 # its maps then peak beside the lesion, always on the same side (README: it is what looked like
 # "evidence drifting onto the lungs and the body outline"). The displacement can be measured **without a
 # single mask**. Flip a slice left-right: the lesion's evidence moves with the anatomy, the learned displacement
@@ -312,7 +321,7 @@ pd.DataFrame({"all lesions": peaks_all[list(cfg.cam_methods)].median(),
 # %% [markdown]
 # ## 10. Where the paper's GradCAM gap can come from: the authors' head
 #
-# With GAP + one FC, GradCAM *is* ReLU(CAM) (section 3), yet the paper reports GradCAM far below CAM (Dice
+# With one FC after a global pool, GradCAM *is* ReLU(CAM) (section 3), yet the paper reports GradCAM far below CAM (Dice
 # 0.12 against 0.46). The authors' published code does not use the head the paper describes: it keeps
 # torchvision's VGG16 head, an adaptive $7\times7$ average pool and an FC stack
 # $49K \to 4096 \to 4096 \to 1$ with ReLU and dropout (`cls_head="authors"`; 4096 is scaled by the width).
@@ -343,7 +352,8 @@ if head_epochs:
     val_tumor = np.flatnonzero(((store.index["split"] == "val") & (store.index["label"] > 0)).to_numpy())
     picked = np.sort(np.random.default_rng(cfg.seed).choice(val_tumor, min(head_slices, len(val_tumor)), replace=False))
     x_val, gt_val = store.read(picked)
-    heads = diagnostics.compare_maps({"GAP + FC (paper's text)": model, "7x7 pool + FC stack (authors' code)": authors_model},
+    own_head = {"gap_fc": "GAP + FC (paper's text)", "gmp_fc": "GMP + FC (the demo)"}[cfg.cls_head]
+    heads = diagnostics.compare_maps({own_head: model, "7x7 pool + FC stack (authors' code)": authors_model},
                                      torch.from_numpy(x_val), gt_val, cfg.cam_methods, batch=cfg.cam_batch,
                                      topk=cfg.scorecam_topk)
     display(heads.round(3))
@@ -373,8 +383,9 @@ if head_epochs:
 # - Written: `cams/index.csv` (study_id, slice, split, label, prob of the slices called tumorous at the lowest
 #   gate, plus the missed tumor slices) and `cams/<method>.npy` (float16, $n \times h \times w$, in $[0, 1]$)
 #   for the methods of `cam_methods`.
-# - CAM is Eq. 1; with GAP + one FC layer GradCAM equals CAM with a ReLU, GradCAM++ has the closed form
-#   $w_k = \max(v_k, 0)/(2 + v_k\overline{A_k})$, LayerCAM equals CAM with $\max(v_k, 0)$.
+# - CAM is Eq. 1; with one FC after a global pool GradCAM equals CAM with a ReLU and GradCAM++ has the closed form
+#   $w_k = \max(v_k, 0)/(2 + v_k\overline{A_k})$ (GAP; GMP: the sum $\sum A_k$ for the mean); under GAP LayerCAM
+#   equals CAM with $\max(v_k, 0)$.
 # - ScoreCAM scores each masked slice by its tumor logit and softmaxes over channels; the softmax over a single
 #   logit gives uniform weights.
 # - With the authors' head (7x7 pool + FC stack, `cls_head="authors"`) classic CAM is undefined and GradCAM is no
@@ -385,17 +396,20 @@ if head_epochs:
 # ## Exercises
 #
 # 1. Show that for GAP + FC the logit is the spatial mean of the CAM plus the bias, $y = b + \overline{M}$, and
-#    check it numerically.
+#    check it numerically. Is the logit under GMP + FC the CAM's maximum plus the bias?
 #
-# **Solution 1.** $y = b + \sum_k v_k \overline{A_k} = b + \overline{\sum_k v_k A_k} = b + \overline{M}$, on the
-# panel slices:
+# **Solution 1.** Under GAP $y = b + \sum_k v_k \overline{A_k} = b + \overline{\sum_k v_k A_k} = b + \overline{M}$
+# (the mean is linear). Under GMP $y = b + \sum_k v_k \max A_k$, and the maximum is not linear: each channel
+# contributes its own peak wherever it sits, so $\max M$ differs from $y - b$ unless all positively weighted
+# channels peak in the same cell and the negatively weighted ones are zero there. On the panel slices:
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
 with torch.no_grad():
     y_panel = model(x)                               # the tumor logit of each panel slice
-    y_from_cam = model.fc.bias + M_cam.mean((1, 2))
-assert torch.allclose(y_from_cam, y_panel, atol=1e-4)
-print("logits", [f"{v:.4f}" for v in y_panel.tolist()], "== b + mean(M)", [f"{v:.4f}" for v in y_from_cam.tolist()])
+    y_from_pool = model.fc.bias + model.pool(A).flatten(1) @ v  # b + sum_k v_k P(A_k)
+    y_mean, y_max = model.fc.bias + M_cam.mean((1, 2)), model.fc.bias + M_cam.amax((1, 2))
+assert torch.allclose(y_from_pool, y_panel, atol=1e-4)
+print(f"logits {y_panel.numpy().round(4)}; b + mean(M) {y_mean.numpy().round(4)}; b + max(M) {y_max.numpy().round(4)}")
 
 # %% [markdown]
 # 2. How much does a channel contribute to the logit, and how does that relate to an "ablation" of it?
@@ -403,7 +417,7 @@ print("logits", [f"{v:.4f}" for v in y_panel.tolist()], "== b + mean(M)", [f"{v:
 # **Solution 2.**
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
-contrib = v * A.mean((2, 3))                           # (B, K): v_k times the pooled A_k
+contrib = v * model.pool(A).flatten(1)                 # (B, K): v_k times the pooled A_k
 top = contrib[i0].topk(3).indices                      # the channels CAM relies on most, first panel slice
 with torch.no_grad():
     y_full = model.fc(model.pool(A).flatten(1))[:, 0]
@@ -412,12 +426,12 @@ with torch.no_grad():
         ablated[:, k] = 0                              # channel k switched off
         drop = y_full - model.fc(model.pool(ablated).flatten(1))[:, 0]
         assert torch.allclose(drop, contrib[:, k], atol=1e-5)
-        print(f"channel {k}: ablation lowers the logit by {float(drop[i0]):.3f} = v_k mean(A_k) "
+        print(f"channel {k}: ablation lowers the logit by {float(drop[i0]):.3f} = v_k P(A_k) "
               f"{float(contrib[i0, k]):.3f}; its ScoreCAM weight {float(alpha_sc[k]):.4f} "
               f"(uniform would be {1 / len(alpha_sc):.4f})")
 
 # %% [markdown]
-# Setting $A_k = 0$ lowers the logit by exactly $v_k\overline{A_k}$ (the head is linear), so `contrib` is the
+# Setting $A_k = 0$ lowers the logit by exactly $v_k P(A_k)$ (the head is linear in the pooled values), so `contrib` is the
 # ablation effect of every channel at once, and the channels with the largest contribution are the ones CAM
 # relies on. ScoreCAM asks the opposite question (what does the region of channel $k$ *alone* score?); the
 # printed weights show how much ScoreCAM gives the same channels.
