@@ -126,14 +126,18 @@ print("GradCAM from scratch == package == CAM with ReLU")
 
 # %% [markdown]
 # Does the ReLU cost the weaker lesions? Only where CAM is negative. CAM's min-max normalisation maps the most
-# negative pixel to 0, GradCAM's the value 0; a lesion that the classifier counts as evidence has a positive CAM
-# and keeps almost the same normalised value in both. The table gives each ground-truth lesion's peak value of
-# the maps on the panel slices: with one FC after a global pool, CAM and GradCAM agree to within 0.02 on every lesion,
-# secondary ones included. GradCAM++ and ScoreCAM weight the channels differently and move a lesion's value by
-# up to 0.14 (the 76-voxel lesion of PETCT_0085, slice 106: 0.94 in CAM, 0.80 in GradCAM++), but no map drops a
-# lesion: on these slices every lesion peaks at 0.63 of its map's maximum or more. Over all gated slices
-# (section 9) the non-largest lesions of multi-lesion slices peak at a median 0.78–0.83 in all four maps. The paper's GradCAM
-# gap (0.12 against CAM's 0.46) cannot come from this architecture.
+# negative pixel to 0, GradCAM's the value 0; the deeper CAM dips below 0 off the evidence, the more its
+# normalisation lifts the weak values above GradCAM's. The table gives each ground-truth lesion's peak value of
+# the maps on the panel slices (as the network gives them, not moved back by the displacement $d$ of section 8).
+# CAM and GradCAM are closest on the strongest lesion of each slice (within 0.08) but differ by up to 0.18 on the
+# weak ones, GradCAM never higher: the 5-voxel lesion of PETCT_0445, slice 89 gets 0.17 in CAM and 0.00 in
+# GradCAM, the 11-voxel one of slice 90 0.27 and 0.09. GradCAM++ and ScoreCAM weight the channels differently
+# and move a lesion's value by up to 0.20 and 0.22 from CAM's (that 5-voxel lesion: 0.37 in GradCAM++; the
+# 82-voxel lesion of slice 89: 1.00 in ScoreCAM against 0.78). On PETCT_0445 every map leaves some lesion below
+# 0.4 of its maximum (GradCAM++ keeps all at 0.37 or more); on PETCT_0085, slice 106 all lesions peak at 0.56 or
+# more in every map. Over all gated slices (section 9, maps moved back by $d$) the non-largest lesions of
+# multi-lesion slices peak at a median 0.66 (GradCAM) to 0.75 (GradCAM++). GradCAM keeps CAM's peak and its
+# level sets above 0, so the paper's GradCAM gap (0.12 against CAM's 0.46) cannot come from this architecture.
 
 # %%
 maps_panel = {m: cam.compute_cams(model, x, m).numpy() for m in (*cfg.cam_methods, *extra_methods)}
@@ -155,8 +159,9 @@ peaks.drop(columns="row").round(2)
 # $w_k = \max(v_k,0)/(2 + v_k\sum_{ij}A^k_{ij})$, the sum in place of the mean.
 # The common factor $Y$ drops out in the normalisation. A fixed $\varepsilon$ in the denominator (one peer
 # library adds $10^{-6}$) is not harmless in general: under GAP $g^2 = (v_k/N)^2$ can be of that order or smaller. The
-# cell prints this classifier's range of $g^2$ and how far such an $\varepsilon$ moves its maps (here little:
-# its smallest $g^2$ are for channels with small weights).
+# cell prints this classifier's range of $g^2$ and how far such an $\varepsilon$ moves its maps (here not at all to
+# three decimals: under GMP $g^2 = v_k^2$ on each channel's peak cell and 0 elsewhere, where $\alpha$ is set to 0,
+# so its smallest non-zero $g^2$ are for channels with small weights).
 
 # %%
 S_A = A.sum((2, 3), keepdim=True)
@@ -199,9 +204,9 @@ print(f"masked logits range [{y_k.min():.2f}, {y_k.max():.2f}]; the pitfall's we
 # A binary classifier with one output has one logit; a softmax over it is $e^{y}/e^{y} = 1$ for every masked
 # slice, so every channel gets the same weight and "ScoreCAM" degenerates into the plain sum of the channels.
 # The plot shows the weights of the first panel slice; the maps show what the pitfall costs. On this slice it
-# costs little (the uniform map still peaks near the lesions, a little wider than ScoreCAM's), but its
-# weights no longer depend on the scores: ScoreCAM's put a quarter of the weight on one channel and nearly all
-# of it on about ten.
+# costs little at the peak (the uniform map peaks where ScoreCAM's does, but spreads wider), and its
+# weights no longer depend on the scores: ScoreCAM's put almost a quarter of the weight on one channel and most
+# of it on about eight.
 
 # %%
 weights = {"softmax over channels of logits (ours)": alpha_sc.numpy(),
@@ -268,11 +273,12 @@ cplots.cam_panel(x_np[:, 0], x_np[:, 1], gt, {"CAM": cam_raw.numpy(), "flipped, 
 
 # %% [markdown]
 # On every validation tumor slice, the pointing game (notebook 02) before and after the correction. This
-# classifier's maps sit half a cell down (4 pixels, 16 mm) and half a pixel to the left (2 mm) of the evidence.
-# That puts the peak cell beside the lesion on many slices: pointing rises from 0.555 to 0.691 (visible
-# lesions 0.609 to 0.752) once the maps are moved back. The cell AUC barely moves (0.961 to 0.966): moving a smooth map by half a cell
-# hardly reorders cells across slices, but it changes which cell of a slice is the peak, and the peak is what
-# Algorithm 1 scales $t$ by.
+# classifier's maps sit about one cell up and one cell to the left of the evidence (7.5 and 8 pixels, 30 and
+# 32 mm; a cell is 8 pixels). That puts the peak cell beside the lesion on most slices: pointing rises from 0.206
+# to 0.710 (visible lesions 0.218 to 0.790, above the 0.75 target only after the correction) once the maps are
+# moved back. The cell AUC moves far less (0.935 to 0.948): moving a smooth map by a cell reorders cells across
+# slices much less than it changes which cell of a slice is the peak, and the peak is what Algorithm 1 scales
+# $t$ by.
 
 # %%
 pd.DataFrame({"as the network gives them": diagnostics.pointing_probe(store, "val")(model),
@@ -359,21 +365,24 @@ if head_epochs:
     display(heads.round(3))
 
 # %% [markdown]
-# Under GAP + FC, GradCAM and CAM share their peak wherever CAM is positive somewhere (ReLU does not move a
-# positive maximum); here the two point alike on the 64 slices (0.547; on visible lesions 0.600). These are the
-# maps as the networks give them, not moved back by $d$ (section 8), so CAM and GradCAM point lower here than
-# the 0.691 of section 8; the comparison between heads is still fair. Under the authors' head GradCAM is a
-# different map in principle; the table says how far it moves here (the head trained 2 epochs, val AUC 0.917
-# and 0.914; 64 slices; ScoreCAM on the demo's top 8 channels). GradCAM++'s correlation with GradCAM is 0.973
-# under the authors' head (0.935 under GAP + FC), yet both point *worse* there than under GAP + FC (GradCAM
-# 0.375 against 0.547; GradCAM++ 0.078 against 0.469) while their cell AUCs barely move (0.955 against 0.969;
-# 0.957 against 0.967): the peak leaves the lesion, the ranking of cells across slices hardly changes.
-# ScoreCAM points best under both heads (0.656 and 0.703; session 14's run, scoring the top 16 channels, gave
-# 0.688 and 0.719) even on maps not moved back: its channel weights come
+# Under GMP + FC (as under GAP + FC), GradCAM and CAM share their peak wherever CAM is positive somewhere (ReLU
+# does not move a positive maximum); here the two point alike on the 64 slices (0.203; on visible lesions
+# 0.218), and GradCAM++ points the same. These are the maps as the networks give them, not moved back by $d$
+# (section 8): this classifier's maps sit about a cell up and to the left, so CAM and GradCAM point far lower
+# here than the 0.710 of section 8. Under the authors' head GradCAM is a different map in principle; the table
+# says how far it moves here (the head trained 2 epochs, val AUC 0.899 and 0.905; 64 slices; ScoreCAM on the
+# demo's top 8 channels). GradCAM++'s correlation with GradCAM is 0.962 under the authors' head (0.883 under
+# GMP + FC). Both point slightly *better* there than under GMP + FC (GradCAM 0.266 against 0.203, GradCAM++
+# 0.281 against 0.203: 4 and 5 more of the 64 slices), and GradCAM's cell AUC rises (0.964 against 0.927) while
+# GradCAM++'s stays (0.966 against 0.965). Moved back by each head's own $d$, the two heads point alike on all
+# validation tumor slices: 0.81 on visible lesions for the authors' GradCAM after its second epoch (printed
+# above) against 0.790 for this classifier's CAM (section 8).
+# ScoreCAM points best under both heads (0.359 and 0.344) on maps not moved back: its channel weights come
 # from masked forward passes rather than from the head's weights, and here they favour channels whose maps
 # sit closer to the lesion.
-# On the demo the authors' head lowers GradCAM's pointing, in the direction of the paper's gap; but this is
-# pointing, not Dice, of a head trained 2 epochs on a frozen conv stack. Whether the head explains the gap, and
+# On the demo the authors' head does not lower GradCAM's pointing, so it shows nothing in the direction of the
+# paper's gap; but this is pointing, not Dice, of a head trained 2 epochs on a frozen conv stack. Whether the
+# head explains the gap, and
 # what else differed in the paper's GradCAM (the layer it hooked, full-width features, 50 epochs, the tuning,
 # none of it in their text), this notebook cannot settle.
 
@@ -389,8 +398,9 @@ if head_epochs:
 # - ScoreCAM scores each masked slice by its tumor logit and softmaxes over channels; the softmax over a single
 #   logit gives uniform weights.
 # - With the authors' head (7x7 pool + FC stack, `cls_head="authors"`) classic CAM is undefined and GradCAM is no
-#   longer ReLU(CAM); on the demo it points worse than under GAP + FC (0.375 against 0.547) at a similar cell AUC
-#   (section 10), in the direction of the paper's GradCAM gap, which pointing after 2 head epochs cannot settle.
+#   longer ReLU(CAM); on the demo it points slightly better than under GMP + FC (0.266 against 0.203 on maps not
+#   moved back) at a higher cell AUC (0.964 against 0.927; section 10): not in the direction of the paper's
+#   GradCAM gap, which pointing after 2 head epochs cannot settle either way.
 #   Its checkpoints: `classifier_authors/`.
 #
 # ## Exercises
@@ -401,7 +411,9 @@ if head_epochs:
 # **Solution 1.** Under GAP $y = b + \sum_k v_k \overline{A_k} = b + \overline{\sum_k v_k A_k} = b + \overline{M}$
 # (the mean is linear). Under GMP $y = b + \sum_k v_k \max A_k$, and the maximum is not linear: each channel
 # contributes its own peak wherever it sits, so $\max M$ differs from $y - b$ unless all positively weighted
-# channels peak in the same cell and the negatively weighted ones are zero there. On the panel slices:
+# channels peak in the same cell and the negatively weighted ones are zero there. On the panel slices neither
+# matches the logit (9.2 to 10.7): $b + \max M$ falls 3.5 to 3.9 short of it, and $b + \overline{M}$ lies
+# between $-0.16$ and $-0.12$:
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
 with torch.no_grad():
@@ -456,7 +468,7 @@ print(f"{len(x)} panel slices, non-zero channels {nonzero} of {A.shape[1]}: exac
 
 # %% [markdown]
 # The cost is one masked forward pass per channel scored and slice, so top-4 saves about the ratio of the
-# non-zero channel count to 4, here 62/4 (the printed speed-up is smaller where fixed costs dominate a small
-# batch, and it was measured on a shared machine). The maps agree where the high-variance channels dominate the
-# weighted sum; here top-4 is off by up to 0.089 (mean 0.005), about twice as far as the demo's top-8 in
-# section 9 (0.040, mean 0.002).
+# non-zero channel count to 4, here 59/4 (the printed speed-up, 9.0x, is smaller where fixed costs dominate a
+# small batch, and it was measured on a shared machine). The maps agree where the high-variance channels dominate
+# the weighted sum; here top-4 is off by up to 0.376 (mean 0.024), about as far as the demo's top-8 in section 9
+# (0.375, mean 0.020).

@@ -222,39 +222,43 @@ table1
 # %% [markdown]
 # **What this run shows, and what it does not.**
 #
-# * **The maps.** CAM reaches a median Dice of 0.35, GradCAM 0.35, GradCAM++ 0.34 and ScoreCAM 0.37 (paper
-#   0.46 / 0.12 / 0.42 / 0.47). On validation the same maps scored 0.32–0.34 (notebook 04): the $t$, $q$ and
-#   gate tuned on 12 validation studies carry over to the 12 test studies without loss (0.01–0.04 higher). The
-#   target of 0.45 for CAM, GradCAM++ and ScoreCAM is missed (0.34–0.37). Study by study ScoreCAM is above CAM
-#   only before correction (median paired difference CAM − ScoreCAM −0.014, p = 0.016, Holm 0.16); no other pair
-#   of maps differs (p ≥ 0.09). On test the maps' masks are too large: a median false-positive volume of 49–64 ml
-#   per study in 97–108 false-positive components on average (the threshold 127 ml in 38, the U-Net 14 ml in 4.6);
-#   two studies hold 330 or more of them each (below).
-# * **Against the threshold.** The global threshold (0.32, paper 0.29) lies below all four maps (0.34–0.37),
-#   so the target "threshold below every map" is met by the medians, narrowly. Study by study the difference is
-#   not significant: the median paired difference map − threshold is +0.016 (CAM) to +0.033 (GradCAM++),
-#   p = 0.42–0.79, Holm 1.0. Both run on the same gated slices ($p \ge 0.8$, notebook 05); the maps find about as
-#   many lesions (lesion sensitivity 0.72–0.76 against 0.72) with less false-positive volume but more, smaller
-#   components.
-# * **Agreement: the target is missed.** Their MTV ICC is −0.10 (CAM), −0.09 (GradCAM), −0.12 (GradCAM++) and
+# * **The maps.** CAM reaches a median Dice of 0.30, GradCAM 0.32, GradCAM++ 0.30 and ScoreCAM 0.29 (paper
+#   0.46 / 0.12 / 0.42 / 0.47). On validation the same maps scored 0.37–0.39 (notebook 04): the $t$, $q$ and
+#   gate tuned on 12 validation studies do not carry over to the 12 test studies (0.07–0.09 lower). The target
+#   of 0.45 for CAM, GradCAM++ and ScoreCAM is missed (0.29–0.30); the limiting stage on test is the gate (last
+#   point). (The previous demo classifier, with GAP, scored lower on validation, 0.32–0.34, and higher here,
+#   0.34–0.37.) Study by study GradCAM is above CAM (median paired difference CAM − GradCAM −0.031, p = 0.009)
+#   and above ScoreCAM (+0.022, p = 0.027) only before correction (Holm 0.09 and 0.24); no other pair of maps
+#   differs (p ≥ 0.23). On test the maps' masks are too large: a median false-positive volume of 49–62 ml per
+#   study in 87–131 false-positive components on average (the threshold 189 ml in 41, the U-Net 14 ml in 4.6);
+#   PETCT_0051 alone holds 331–468 of them (section 4, and below).
+# * **Against the threshold.** The global threshold (0.17, paper 0.29) lies below all four maps (0.29–0.32),
+#   so the target "threshold below every map" is met by the medians, by 0.12–0.15. Study by study the median
+#   paired difference map − threshold is +0.089 (CAM) to +0.128 (GradCAM), p = 0.034–0.052, and none survives
+#   Holm's correction (0.27–0.31). Both run on the same gated slices ($p \ge 0.8$, notebook 05), so the gate's
+#   false calls cost both; the maps find about as many lesions (lesion sensitivity 0.71–0.74 against 0.71) with
+#   far less false-positive volume (49–62 against 189 ml) but more, smaller components.
+# * **Agreement: the target is missed.** Their MTV ICC is −0.08 (CAM), −0.09 (GradCAM), −0.09 (GradCAM++) and
 #   −0.09 (ScoreCAM), against the paper's 0.55–0.64: the target of 0.5 for CAM, GradCAM++ and ScoreCAM is
-#   missed, and none is distinguishable from zero (CAM: −0.54 to 0.45; p = 0.64–0.66, where the paper has
-#   p < 0.001). The threshold is no better, −0.04 (paper 0.59). Two studies drive it: PETCT_0051 (lymphoma, true
+#   missed, and none is distinguishable from zero (CAM: −0.52 to 0.46; p = 0.62–0.63, where the paper has
+#   p < 0.001). The threshold is no better, −0.03 (paper 0.59). Two studies drive it: PETCT_0051 (lymphoma, true
 #   MTV 20 ml) and PETCT_0174 (lung cancer, 8 ml), the two test patients whose phantom has diffuse muscle uptake.
-#   There the maps' masks hold 0.9–1.5 l (CAM 1,468 and 1,376 ml, almost all of it false positive, mostly
-#   muscle; the threshold over 4 l), so two small burdens get by far the largest estimates: the
-#   residual outweighs the spread between patients ($MS_E > MS_R$), and these two studies alone turn the ICC
-#   negative. Each map overestimates 10 of the 12 burdens (median |ΔMTV| 60–70 ml) and underestimates the two
-#   largest, as in the paper (233 and 445 ml come out at 154–181 and 157–193 ml). The Bland–Altman bias,
-#   +169 (GradCAM++) to +243 ml (CAM), is set by the two muscle studies. For TLG the maps reach −0.06 to −0.07
-#   (paper 0.40–0.85), the threshold −0.04 (paper 0.88).
-# * **No GradCAM gap.** GradCAM scores as CAM does (median paired difference CAM − GradCAM 0.0002, p = 1.0,
-#   Holm 1.0): with GAP + one FC layer GradCAM *is* ReLU(CAM) (notebook 03), so the paper's gap cannot
-#   appear. The two differ only in the normalisation (CAM's 0 is its most negative value, GradCAM's is 0), so
-#   one $t$ cuts slightly different regions.
+#   There the maps' masks hold 0.6–0.85 l (CAM 780 ml and, read off the plots, about 820 ml; on PETCT_0051
+#   766 of CAM's 780 ml are false positive, in 388 components; the threshold 3.4 and about 4.8 l), so two small
+#   burdens get by far the largest estimates: the residual outweighs the spread between patients
+#   ($MS_E > MS_R$), and these two studies alone turn the ICC negative. Each map overestimates 10 of the 12
+#   burdens (median |ΔMTV| 58–74 ml) and underestimates the two largest, as in the paper (233 and 445 ml come
+#   out at about 130–145 and 175–210 ml). The Bland–Altman bias, +107 (GradCAM++) to +148 ml (CAM), is set by
+#   the two muscle studies. For TLG the maps reach −0.03 to −0.05 (paper 0.40–0.85), the threshold −0.04
+#   (paper 0.88).
+# * **No GradCAM gap.** GradCAM scores a little above CAM, not far below it as in the paper (median paired
+#   difference CAM − GradCAM −0.031, p = 0.009, Holm 0.09): with a global pool (max here, as average) and one
+#   FC layer GradCAM *is* ReLU(CAM) (notebook 03), so the paper's gap cannot appear. The two differ only in the
+#   normalisation (CAM's 0 is its most negative value, GradCAM's is 0), so each is tuned to its own $t$ (0.37
+#   and 0.19, notebook 04) and the two cut somewhat different regions.
 # * **The U-Net** (0.59, paper 0.72) has the highest median of this run, and study by study it is above every
-#   other method (median paired difference map − U-Net −0.23 to −0.25, threshold − U-Net −0.24; Holm $p$
-#   0.007–0.011; 12 studies). Its IQR is 0.30: 0.61–0.78 on the three largest lung-cancer burdens, 0.08 and
+#   other method (median paired difference map − U-Net −0.20 to −0.25, threshold − U-Net −0.32; Holm $p$
+#   0.007; 12 studies). Its IQR is 0.30: 0.61–0.78 on the three largest lung-cancer burdens, 0.08 and
 #   0.13 on PETCT_0051 and the 12-lesion melanoma study PETCT_0281. It misses the target of 0.65: on validation
 #   it scored 0.52 (its averaged weights at epoch 24 of 24, $p \ge 0.9$, notebook 05), and on test the strict
 #   threshold leaves lesions out (sensitivity 0.60, the lowest here; it finds 1 of 3 lesions in PETCT_0051 and
@@ -263,26 +267,31 @@ table1
 #   (paper 0.94), is the only one above 0.5: it keeps the muscle out (15 and 6 ml on the two muscle studies) and
 #   follows the large burdens, if short (233 → 175 ml, 445 → 242 ml). Its TLG ICC is 0.96 (paper 0.99; median
 #   |ΔTLG| 41 g, paper 50 g). It has the fewest false-positive components (4.6 per study).
-# * **The limiting stages** (notebooks 02 and 04): the maps, and now the gate. On validation a perfect region of
-#   32 mm cells would allow 0.67 (the ceiling); the maps reach 0.36–0.46 on exactly the tumorous slices and
-#   0.32–0.34 behind the gate ($p \ge 0.8$, precision 0.68, recall 0.625). So the maps cost 0.21–0.31, and the
-#   gate 0.02 (CAM) to 0.12–0.14 (the others). The $(t, q)$ optimum lies inside the grid ($t$ 0.19–0.37, $q$
-#   96.4): the mask is the hottest 3.6 % of the CAM region. The MTV agreement is limited by the masks of the two
-#   muscle studies: the gate passes many of their slices, and a percentile cut, relative to each slice's CAM
-#   region, keeps the warm muscle. What an absolute SUV cut would change is measured outside the chain
+# * **The limiting stages** (notebooks 02, 04 and 05): on validation the maps, on test the gate. On validation a
+#   perfect region of 32 mm cells would allow 0.67 (the ceiling); the maps reach 0.32 (ScoreCAM) to 0.46
+#   (GradCAM) on exactly the tumorous slices and 0.37–0.39 behind the gate ($p \ge 0.8$: 297 slices called,
+#   precision 0.66, recall 0.72). So there the maps cost 0.21–0.35, and the gate 0.06–0.07 for GradCAM and
+#   GradCAM++ and nothing for CAM and ScoreCAM (their gated Dice is above the oracle's). On test the same gate
+#   calls 429 slices with precision 0.42 and recall 0.68 (test AUC 0.881 against 0.913 on validation, notebook
+#   02): more of its calls are false, each adds a false region, and the maps fall 0.07–0.09 below their
+#   validation Dice. The $(t, q)$ optima (notebook 04): $q = 96.4$ with $t$ 0.19–0.37 for CAM, GradCAM and
+#   ScoreCAM (the mask is the hottest 3.6 % of the CAM region), and GradCAM++ at a corner of the grid
+#   ($t = 0.1$, $q = 99$). The MTV agreement is limited by the masks of the two muscle studies: wherever the
+#   gate passes one of their slices, a percentile cut, relative to each slice's CAM region, keeps the warm
+#   muscle. What an absolute SUV cut would change is measured outside the chain
 #   (`python -m benchmarks.suv_floor_probe`, README).
 
 # %% [markdown]
 # ## 8. By diagnosis
 #
 # Lymphoma lesions are large and avid, melanoma metastases small and faint; the mix of diagnoses in a test set moves
-# every median. Here every method scores best on lung cancer (maps 0.37–0.41, threshold 0.36, U-Net 0.65; 6
-# studies); on lymphoma (only 2 studies, one of them PETCT_0051) the medians fall to 0.26–0.31, 0.32 and 0.38. The
-# maps and the threshold score worst on melanoma (4 studies): the maps 0.17–0.22, the threshold 0.07; the U-Net
-# scores 0.38 on melanoma as on lymphoma. Note the small groups: the legend gives each n. The right panel shows
-# the median false-positive volume on lesion-free studies, what each method segments where there is nothing; this
-# test split has none (n = 0), so the panel is empty, as is the summary's `negatives_fp_volume_ml_median` column
-# (NaN).
+# every median. Here every method scores best on lung cancer (maps 0.34–0.37, threshold 0.28, U-Net 0.65; 6
+# studies); on lymphoma (only 2 studies, one of them PETCT_0051) the medians fall to 0.25–0.28, 0.12 and 0.38. The
+# threshold scores worst on melanoma (4 studies, 0.04); the maps score about as low there as on lymphoma
+# (0.22–0.28), and the U-Net scores 0.38 on melanoma as on lymphoma. Note the small groups: the legend gives each
+# n. The right panel shows the median false-positive volume on lesion-free studies, what each method segments
+# where there is nothing; this test split has none (n = 0), so the panel is empty, as is the summary's
+# `negatives_fp_volume_ml_median` column (NaN).
 
 # %%
 report.save_figure(result_plots.diagnosis_plot(per_study), figures / "diagnosis.png")
@@ -407,6 +416,6 @@ fp.round(2)
 # %% [markdown]
 # Components that touch only along edges split apart under 6-connectivity; a split-off piece that touches no
 # lesion becomes a false positive, so the FP volume can only grow (and the number of FP lesions too). The table,
-# for five test studies with lesions, shows the components splitting in all of them (PETCT_0051: 336 → 541); the
-# FP volume grows only where a split-off piece lies outside every lesion (here in two of the five: PETCT_0051
-# by 8.5 ml, PETCT_0148 by 1.1 ml).
+# for five test studies with lesions, shows the components splitting in all of them (PETCT_0051: 336 → 470); the
+# FP volume grows only where a split-off piece lies outside every lesion (here in two of the five: PETCT_0085
+# and PETCT_0166, by 0.1 ml each, one voxel of 0.096 ml).
