@@ -355,7 +355,7 @@ def test_head_on_frozen_features_trains_only_the_head(tiny_store) -> None:
                      workers=1, cls_sampling="all", cls_select="val_auc")
     run = runs.Run(cfg, tiny_store.parent, torch.device("cpu"))
     torch.manual_seed(5)
-    source = VGG16CAM(1 / 16).eval()
+    source = VGG16CAM(1 / 16, pools=cfg.vgg_pools).eval()  # the same conv layout as the run's
     train.train_classifier(run, folder="frozen_head", features_from=source)
     trained = train.load_classifier(run, folder="frozen_head")
     torch.manual_seed(cfg.seed)
