@@ -212,9 +212,9 @@ print(f"by hand {by_hand:.6f}, package {float(train.weighted_ce(z, y, 7.7)):.6f}
 # interrupted run resumes to the same weights) and `best.pt` keeps the epoch chosen by `cls_select`.
 
 # %%
-config.settings_table(cfg, ["vgg_width", "vgg_norm", "vgg_stride", "vgg_pools", "cls_head", "pretrained", "cls_epochs", "cls_batch", "cls_lr",
-                            "cls_momentum", "cls_optimizer", "cls_pos_weight", "cls_sampling", "cls_near_negatives",
-                            "cls_select", "vgg_init", "cam_align", "augment_engine", "workers"])
+config.settings_table(cfg, ["vgg_width", "vgg_norm", "vgg_stride", "vgg_pools", "cls_head", "pretrained", "cls_epochs",
+                            "cls_batch", "cls_lr", "cls_momentum", "cls_optimizer", "cls_pos_weight", "cls_sampling",
+                            "cls_near_negatives", "cls_select", "vgg_init", "cam_align", "augment_engine", "workers"])
 
 # %%
 t0 = time.perf_counter()

@@ -260,8 +260,9 @@ Seed 2 (session 19, same command): kept epoch 32, val AUC 0.918 (thinned), visib
 0.864 / 0.66. The chain (session 19's clean clone, seed 0, bit-identical classifier) then read the test split once:
 median Dice CAM / GradCAM / GradCAM++ / ScoreCAM 0.30 / 0.32 / 0.30 / 0.29 against GAP's 0.35 / 0.35 / 0.34 / 0.37,
 the threshold 0.17 against 0.32: the test gate calls 429 slices at p >= 0.8 (precision 0.42) against GAP's 379
-(0.45) at a test AUC of 0.881 against 0.883. Kept, since it was chosen on validation (README, session 19). Session 8's max pooling of the CAM itself (max over cells of
-sum_k v_k A_k, one cell's gradient) is a different head and stays rejected.
+(0.45) at a test AUC of 0.881 against 0.883. Kept, since it was chosen on validation (README, session 19).
+Session 8's max pooling of the CAM itself (max over cells of sum_k v_k A_k, one cell's gradient) is a different
+head and stays rejected.
 
 gate_grid from 0.5 (the paper's reading) to 0.99: session 4's classifier called 1,566 of the 4,154 val + test
 slices at p >= 0.5 and 0.95 won, so 0.5 was left out to map fewer slices (1,603 -> 948). Session 7's classifier
