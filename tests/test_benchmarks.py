@@ -168,3 +168,18 @@ def test_seed_dice_probe_names_the_missing_classifier(tmp_path, monkeypatch: pyt
     monkeypatch.setattr(sys, "argv", ["seed_dice_probe", "--out", str(tmp_path), "--seeds", "0"])
     with pytest.raises(SystemExit, match="seed0/classifier/best.pt: no trained classifier"):
         seed_dice_probe.main()
+
+
+def test_holdout_rows_are_test_studies_the_demo_never_reads() -> None:
+    from benchmarks.holdout_probe import MANIFEST, holdout_rows
+    from wsseg_nb.manifest import load_manifest
+
+    every = load_manifest(MANIFEST, check_files=False)
+    demo = set(every.loc[every["demo"] == 1, "study_id"])
+    rows = holdout_rows(MANIFEST, None)
+    assert (rows["split"] == "test").all() and not demo & set(rows["study_id"])
+    assert len(rows) == int(((every["split"] == "test") & (every["demo"] == 0)).sum())
+    some = holdout_rows(MANIFEST, 20)
+    share = rows["diagnosis"].value_counts() / len(rows)
+    assert len(some) == 20 and set(some["study_id"]) <= set(rows["study_id"])
+    assert ((some["diagnosis"].value_counts() - 20 * share).abs() < 1).all()  # in proportion, to the study

@@ -1,0 +1,141 @@
+"""Score a trained run on studies the demo never reads: the manifest's test-split studies outside the demo subset.
+
+    python -m benchmarks.holdout_probe --run-dir runs/demo --out /tmp/holdout [--studies 40] [--floors 0 2 2.5 3 3.5]
+
+The demo's 12 test studies are read once per recipe (notebook 06); a lever chosen after that read needs other
+held-out data. The committed manifest holds 453 studies, and those of its test split with demo = 0 come from the
+same cohort and are never generated, trained on, tuned on or scored by the chain. This probe generates them (the
+phantom, into OUT/data), preprocesses them on the run's grid (OUT/store), predicts them with the run's classifier,
+computes the maps of every slice at p >= the lowest gate searched (OUT/cams, the run's own shift undone), and
+scores Algorithm 1 per study with parameter sets chosen on the run's validation split only:
+
+- no floor: the gate, t and q searched as notebook 04 does with f = 0 (Algorithm 1 as printed);
+- floor@gate: the SUV floor (`--floors`) searched with t and q at that gate;
+- floor: the floor searched with t, q and the gate together (the demo profile's search since session 20).
+
+It prints the median per-study Dice per set and method, the gate's precision and recall on these studies, the
+ICC(A,1) of MTV and a paired Wilcoxon test of each set against no floor; writes OUT/holdout_dice.csv (one row per
+study, set and method).
+Nothing in the run directory is written.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import wilcoxon
+from sklearn.metrics import roc_auc_score
+
+from wsseg_nb import cam, diagnostics, infer, manifest, metrics, phantom, segment, slices, train
+
+MANIFEST = Path("data_manifest.csv")
+
+
+def holdout_rows(path: Path, n: int | None) -> pd.DataFrame:
+    """The manifest's test-split studies outside the demo subset (the first n per diagnosis in proportion, or all)."""
+    df = manifest.load_manifest(path, subset="all", check_files=False)
+    rows = df[(df["split"] == "test") & (df["demo"] == 0)].sort_values("study_id")
+    if n is not None and n < len(rows):
+        sizes = rows.groupby("diagnosis").size()
+        counts = dict(zip(sizes.index, manifest._largest_remainder(n, sizes.tolist())))
+        rows = pd.concat([g.head(counts[d]) for d, g in rows.groupby("diagnosis")]).sort_values("study_id")
+    return rows.reset_index(drop=True)
+
+
+def build_store(rows: pd.DataFrame, out: Path, run) -> slices.SliceStore:
+    """Generate the studies into OUT/data and preprocess them on the run's grid into OUT/store (both resumable)."""
+    rows, data = rows.copy(), (out / "data").resolve()  # resolved: OUT/data may link to another OUT's studies
+    for field, name in phantom.STUDY_FILES.items():
+        rows[field] = [str(data / sid / name) for sid in rows["study_id"]]
+    phantom.generate_cohort(rows)
+    return slices.preprocess_cohort(rows, out / "store", run.config.spacing_mm, run.config.slice_size)
+
+
+def parameter_sets(run, floors: list[float]) -> dict[str, tuple[float, dict[str, dict[str, float]]]]:
+    """{set: (gate, {method: {t, q, floor}})}, every set chosen on the run's validation split."""
+    c = run.config
+    val = segment.load_gated(run.dir, ("val",)).select("val")
+    cams = {m: segment.load_cams(run.dir, m, val.rows) for m in c.cam_methods}
+    plain_gate, tuned, _ = segment.tune_with_gate(cams, val, c.t_grid, c.q_grid, c.gates, (0.0,))
+    sets = {"no floor": (plain_gate, {m: dict(tu.params) for m, tu in tuned.items()})}
+    for name, gates in (("floor@gate", [plain_gate]), ("floor", c.gates)):
+        gate, tuned, _ = segment.tune_with_gate(cams, val, c.t_grid, c.q_grid, gates, floors)
+        sets[name] = (gate, {m: dict(tu.params) for m, tu in tuned.items()})
+    return sets
+
+
+def score(data: segment.GatedSlices, out: Path, sets: dict, methods: list[str], voxel_ml: float) -> pd.DataFrame:
+    """Per study, set and method: Dice and MTV (ml, predicted and true) of Algorithm 1 on the slices the gate calls."""
+    frames = []
+    for name, (gate, params) in sets.items():
+        called = data.at_gate(gate)
+        for m in methods:
+            cams = segment.load_cams(out, m, called.rows)
+            p = params[m]
+            masks = segment.algorithm1(cams, called.suv, p["t"], p["q"], floor=p.get("floor", 0.0))
+            inter, pred = (masks & called.gt).sum(axis=(1, 2)), masks.sum(axis=(1, 2))
+            dice = segment.study_dice(inter, pred, called.rows["study_id"], called.gt_total)
+            pred_voxels = pd.Series(pred, dtype=np.int64).groupby(called.rows["study_id"].to_numpy()).sum()
+            frames.append(pd.DataFrame({"study_id": called.studies.index, "set": name, "method": m, "gate": gate,
+                                        "t": p["t"], "q": p["q"], "floor": p.get("floor", 0.0), "dice": dice,
+                                        "mtv_ml": pred_voxels.reindex(called.studies.index, fill_value=0).to_numpy()
+                                        * voxel_ml, "true_mtv_ml": called.gt_total.to_numpy() * voxel_ml}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def main() -> None:
+    """Build the held-out store and maps, score every parameter set, print the tables."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--studies", type=int, default=None, help="this many held-out studies (default: all)")
+    parser.add_argument("--floors", type=float, nargs="+", default=[0.0, 2.0, 2.5, 3.0, 3.5])
+    args = parser.parse_args()
+    for needed in ("run.json", "classifier/best.pt", "cams/index.csv"):
+        if not (args.run_dir / needed).exists():
+            raise SystemExit(f"error: {args.run_dir / needed}: missing "
+                             f"(run notebooks 01-03, or benchmarks.seed_dice_probe, into {args.run_dir})")
+    run = infer.open_run(args.run_dir)
+    c = run.config
+    rows = holdout_rows(MANIFEST, args.studies)
+    print(f"{len(rows)} held-out studies: {rows['diagnosis'].value_counts().to_dict()}")
+    store = build_store(rows, args.out, run)
+    sets = parameter_sets(run, sorted(args.floors))
+    model = train.load_classifier(run)
+    pred = train.predict_classifier(model, store, ("test",), c.cam_batch, run.device)
+    lowest = min(gate for gate, _ in sets.values())
+    gated = cam.gated_rows(pred, store.index, lowest)
+    maps = cam.cams_for_slices(model, store, gated["position"].to_numpy(), c.cam_methods, batch_size=c.cam_batch,
+                               device=run.device, topk=c.scorecam_topk, shift=train.cam_shift(run))
+    cam.save_cams(args.out / "cams", gated[["study_id", "slice", "split", "label", "prob"]], maps)
+    data = segment.load_gated(args.out, ("test",))
+    table = score(data, args.out, sets, list(c.cam_methods), metrics.voxel_volume_ml(c.spacing_mm))
+    table.to_csv(args.out / "holdout_dice.csv", index=False)
+
+    lesion = table.dropna(subset=["dice"])
+    print(f"\nclassifier on the held-out slices: AUC {roc_auc_score(pred['label'] > 0, pred['prob']):.3f}; "
+          f"{lesion['study_id'].nunique()} studies with lesions")
+    for name, (gate, params) in sets.items():
+        stats = diagnostics.gate_stats(pred["label"], pred["prob"], gate)
+        print(f"{name:>10}: gate {gate}, {stats}; " + ", ".join(
+            f"{m} t {p['t']:.2f} q {p['q']:.1f} f {p.get('floor', 0.0):g}" for m, p in params.items()))
+    wide = lesion.pivot_table(index="study_id", columns=["set", "method"], values="dice")
+    summary = pd.DataFrame({name: {m: wide[name, m].median() for m in c.cam_methods} for name in sets}).T
+    print("\nmedian per-study Dice on the held-out studies:")
+    print(summary.round(3).to_string())
+    icc = {name: {m: metrics.icc_agreement(g["true_mtv_ml"], g["mtv_ml"])["icc"]
+                  for m, g in lesion[lesion["set"] == name].groupby("method")} for name in sets}
+    print("\nICC(A,1) of MTV on the held-out studies:")
+    print(pd.DataFrame(icc).T[list(c.cam_methods)].round(3).to_string())
+    print("\npaired against no floor (median of differences; Wilcoxon p):")
+    for name in [s for s in sets if s != "no floor"]:
+        print(f"{name:>10}: " + ", ".join(
+            f"{m} {np.median(wide[name, m] - wide['no floor', m]):+.3f} "
+            f"(p {wilcoxon(wide[name, m], wide['no floor', m]).pvalue:.3g})"
+            for m in c.cam_methods))
+
+
+if __name__ == "__main__":
+    main()
