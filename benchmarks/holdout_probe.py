@@ -7,7 +7,8 @@ held-out data. The committed manifest holds 453 studies, and those of its test s
 same cohort and are never generated, trained on, tuned on or scored by the chain. This probe generates them (the
 phantom, into OUT/data), preprocesses them on the run's grid (OUT/store), predicts them with the run's classifier,
 computes the maps of every slice at p >= the lowest gate searched (OUT/cams, the run's own shift undone), and
-scores Algorithm 1 per study with parameter sets chosen on the run's validation split only:
+scores Algorithm 1 per study with parameter sets chosen on the run's validation split only (and, where the run has
+one, its U-Net at its validation threshold):
 
 - no floor: the gate, t and q searched as notebook 04 does with f = 0 (Algorithm 1 as printed);
 - floor@gate: the SUV floor (`--floors`) searched with t and q at that gate;
@@ -85,56 +86,85 @@ def score(data: segment.GatedSlices, out: Path, sets: dict, methods: list[str], 
     return pd.concat(frames, ignore_index=True)
 
 
-def main() -> None:
-    """Build the held-out store and maps, score every parameter set, print the tables."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--studies", type=int, default=None, help="this many held-out studies (default: all)")
-    parser.add_argument("--floors", type=float, nargs="+", default=[0.0, 2.0, 2.5, 3.0, 3.5])
-    args = parser.parse_args()
-    for needed in ("run.json", "classifier/best.pt", "cams/index.csv"):
-        if not (args.run_dir / needed).exists():
-            raise SystemExit(f"error: {args.run_dir / needed}: missing "
-                             f"(run notebooks 01-03, or benchmarks.seed_dice_probe, into {args.run_dir})")
-    run = infer.open_run(args.run_dir)
+def score_unet(run, store: slices.SliceStore, out: Path, voxel_ml: float) -> pd.DataFrame:
+    """Per study: Dice and MTV of the run's U-Net (unet/best.pt at its validation threshold) on the held-out store."""
+    c, unet = run.config, train.load_unet(run, "best")
+    threshold = train.unet_threshold(run.dir / "unet" / "best.pt")
+    train.predict_unet_masks(unet, store, out, ("test",), c.cam_batch, run.device, threshold)
+    rows = []
+    for sid, pred in segment.load_study_masks(out, "unet").items():
+        truth = store.study(sid).mask.astype(bool)
+        rows.append({"study_id": sid, "set": f"p >= {threshold:g}", "method": "unet",
+                     "dice": metrics.dice(pred, truth),
+                     "mtv_ml": pred.sum() * voxel_ml, "true_mtv_ml": truth.sum() * voxel_ml})
+    return pd.DataFrame(rows)
+
+
+def score_maps(run, store: slices.SliceStore, out: Path, floors: list[float]) -> pd.DataFrame:
+    """Predict and map the held-out slices with the run's classifier, score every parameter set; print the gates."""
     c = run.config
-    rows = holdout_rows(MANIFEST, args.studies)
-    print(f"{len(rows)} held-out studies: {rows['diagnosis'].value_counts().to_dict()}")
-    store = build_store(rows, args.out, run)
-    sets = parameter_sets(run, sorted(args.floors))
+    sets = parameter_sets(run, floors)
     model = train.load_classifier(run)
     pred = train.predict_classifier(model, store, ("test",), c.cam_batch, run.device)
     lowest = min(gate for gate, _ in sets.values())
     gated = cam.gated_rows(pred, store.index, lowest)
     maps = cam.cams_for_slices(model, store, gated["position"].to_numpy(), c.cam_methods, batch_size=c.cam_batch,
                                device=run.device, topk=c.scorecam_topk, shift=train.cam_shift(run))
-    cam.save_cams(args.out / "cams", gated[["study_id", "slice", "split", "label", "prob"]], maps)
-    data = segment.load_gated(args.out, ("test",))
-    table = score(data, args.out, sets, list(c.cam_methods), metrics.voxel_volume_ml(c.spacing_mm))
-    table.to_csv(args.out / "holdout_dice.csv", index=False)
-
-    lesion = table.dropna(subset=["dice"])
-    print(f"\nclassifier on the held-out slices: AUC {roc_auc_score(pred['label'] > 0, pred['prob']):.3f}; "
-          f"{lesion['study_id'].nunique()} studies with lesions")
+    cam.save_cams(out / "cams", gated[["study_id", "slice", "split", "label", "prob"]], maps)
+    table = score(segment.load_gated(out, ("test",)), out, sets, list(c.cam_methods),
+                  metrics.voxel_volume_ml(c.spacing_mm))
+    print(f"\nclassifier on the held-out slices: AUC {roc_auc_score(pred['label'] > 0, pred['prob']):.3f}")
     for name, (gate, params) in sets.items():
         stats = diagnostics.gate_stats(pred["label"], pred["prob"], gate)
         print(f"{name:>10}: gate {gate}, {stats}; " + ", ".join(
             f"{m} t {p['t']:.2f} q {p['q']:.1f} f {p.get('floor', 0.0):g}" for m, p in params.items()))
+    return table
+
+
+def report(table: pd.DataFrame) -> None:
+    """Median Dice and ICC(A,1) of MTV per set and method; each floor set paired against no floor."""
+    lesion = table.dropna(subset=["dice"])
+    print(f"\n{lesion['study_id'].nunique()} held-out studies with lesions; median per-study Dice, ICC(A,1) of MTV:")
+    rows = {(name, m): {"dice": g["dice"].median(), "mtv_icc": metrics.icc_agreement(g["true_mtv_ml"],
+                                                                                        g["mtv_ml"])["icc"]}
+            for (name, m), g in lesion.groupby(["set", "method"], sort=False)}
+    print(pd.DataFrame(rows).T.unstack("method").round(3).to_string())
+    if "no floor" not in set(lesion["set"]):
+        return
     wide = lesion.pivot_table(index="study_id", columns=["set", "method"], values="dice")
-    summary = pd.DataFrame({name: {m: wide[name, m].median() for m in c.cam_methods} for name in sets}).T
-    print("\nmedian per-study Dice on the held-out studies:")
-    print(summary.round(3).to_string())
-    icc = {name: {m: metrics.icc_agreement(g["true_mtv_ml"], g["mtv_ml"])["icc"]
-                  for m, g in lesion[lesion["set"] == name].groupby("method")} for name in sets}
-    print("\nICC(A,1) of MTV on the held-out studies:")
-    print(pd.DataFrame(icc).T[list(c.cam_methods)].round(3).to_string())
     print("\npaired against no floor (median of differences; Wilcoxon p):")
-    for name in [s for s in sets if s != "no floor"]:
+    for name in [s for s in dict.fromkeys(lesion["set"]) if s in ("floor@gate", "floor")]:
         print(f"{name:>10}: " + ", ".join(
             f"{m} {np.median(wide[name, m] - wide['no floor', m]):+.3f} "
             f"(p {wilcoxon(wide[name, m], wide['no floor', m]).pvalue:.3g})"
-            for m in c.cam_methods))
+            for m in wide["no floor"].columns))
+
+
+def main() -> None:
+    """Build the held-out store, score the run's maps and U-Net (whichever it has), print the tables."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--studies", type=int, default=None, help="this many held-out studies (default: all)")
+    parser.add_argument("--floors", type=float, nargs="+", default=[0.0, 2.0, 2.5, 3.0, 3.5])
+    args = parser.parse_args()
+    has_maps = all((args.run_dir / f).exists() for f in ("classifier/best.pt", "cams/index.csv"))
+    has_unet = (args.run_dir / "unet" / "best.pt").exists()
+    if not (args.run_dir / "run.json").exists() or not (has_maps or has_unet):
+        raise SystemExit(f"error: {args.run_dir}: needs run.json and classifier/best.pt with cams/index.csv "
+                         f"(notebooks 01-03, or benchmarks.seed_dice_probe) or unet/best.pt (notebook 05)")
+    run = infer.open_run(args.run_dir)
+    rows = holdout_rows(MANIFEST, args.studies)
+    print(f"{len(rows)} held-out studies: {rows['diagnosis'].value_counts().to_dict()}")
+    store = build_store(rows, args.out, run)
+    parts = []
+    if has_maps:
+        parts.append(score_maps(run, store, args.out, sorted(args.floors)))
+    if has_unet:
+        parts.append(score_unet(run, store, args.out, metrics.voxel_volume_ml(run.config.spacing_mm)))
+    table = pd.concat(parts, ignore_index=True)
+    table.to_csv(args.out / "holdout_dice.csv", index=False)
+    report(table)
 
 
 if __name__ == "__main__":

@@ -129,15 +129,16 @@ print("GradCAM from scratch == package == CAM with ReLU")
 # negative pixel to 0, GradCAM's the value 0; the deeper CAM dips below 0 off the evidence, the more its
 # normalisation lifts the weak values above GradCAM's. The table gives each ground-truth lesion's peak value of
 # the maps on the panel slices (as the network gives them, not moved back by the displacement $d$ of section 8).
-# CAM and GradCAM are closest on the strongest lesion of each slice (within 0.08) but differ by up to 0.18 on the
-# weak ones, GradCAM never higher: the 5-voxel lesion of PETCT_0445, slice 89 gets 0.17 in CAM and 0.00 in
-# GradCAM, the 11-voxel one of slice 90 0.27 and 0.09. GradCAM++ and ScoreCAM weight the channels differently
-# and move a lesion's value by up to 0.20 and 0.22 from CAM's (that 5-voxel lesion: 0.37 in GradCAM++; the
-# 82-voxel lesion of slice 89: 1.00 in ScoreCAM against 0.78). On PETCT_0445 every map leaves some lesion below
-# 0.4 of its maximum (GradCAM++ keeps all at 0.37 or more); on PETCT_0085, slice 106 all lesions peak at 0.56 or
-# more in every map. Over all gated slices (section 9, maps moved back by $d$) the non-largest lesions of
-# multi-lesion slices peak at a median 0.66 (GradCAM) to 0.75 (GradCAM++). GradCAM keeps CAM's peak and its
-# level sets above 0, so the paper's GradCAM gap (0.12 against CAM's 0.46) cannot come from this architecture.
+# CAM and GradCAM are closest on the strongest lesion of each slice (0.92 and 0.86 on PETCT_0085, slice 106, 0.89
+# and 0.81 on slice 104, 0.72 and 0.61 on PETCT_0445, slice 90) and further apart on the weak ones, GradCAM never
+# higher: the 11-voxel lesion of PETCT_0445 gets 0.32 in CAM and 0.05 in GradCAM, its 59-voxel one 0.37 and 0.12.
+# GradCAM++ and ScoreCAM weight the channels differently and move a lesion's value by up to about a quarter of
+# the range from CAM's (the 110-voxel lesion of PETCT_0445: 0.96 in GradCAM++ against 0.72; its 59-voxel one:
+# 0.63 in ScoreCAM against 0.37). On PETCT_0445 every map leaves some lesion below 0.4 of its maximum; on
+# PETCT_0085, slice 106 all lesions peak at 0.60 or more in every map. Over all gated slices (section 9, maps
+# moved back by $d$) the non-largest lesions of multi-lesion slices peak at a median 0.67 (ScoreCAM) to 0.82
+# (CAM). GradCAM keeps CAM's peak and its level sets above 0, so the paper's GradCAM gap (0.12 against CAM's
+# 0.46) cannot come from this architecture.
 
 # %%
 maps_panel = {m: cam.compute_cams(model, x, m).numpy() for m in (*cfg.cam_methods, *extra_methods)}
@@ -206,7 +207,7 @@ print(f"masked logits range [{y_k.min():.2f}, {y_k.max():.2f}]; the pitfall's we
 # The plot shows the weights of the first panel slice; the maps show what the pitfall costs. On this slice it
 # costs little at the peak (the uniform map peaks where ScoreCAM's does, but spreads wider), and its
 # weights no longer depend on the scores: ScoreCAM's put almost a quarter of the weight on one channel and most
-# of it on about eight.
+# of it on three.
 
 # %%
 weights = {"softmax over channels of logits (ours)": alpha_sc.numpy(),
@@ -273,10 +274,10 @@ cplots.cam_panel(x_np[:, 0], x_np[:, 1], gt, {"CAM": cam_raw.numpy(), "flipped, 
 
 # %% [markdown]
 # On every validation tumor slice, the pointing game (notebook 02) before and after the correction. This
-# classifier's maps sit about one cell up and one cell to the left of the evidence (7.5 and 8 pixels, 30 and
-# 32 mm; a cell is 8 pixels). That puts the peak cell beside the lesion on most slices: pointing rises from 0.206
-# to 0.710 (visible lesions 0.218 to 0.790, above the 0.75 target only after the correction) once the maps are
-# moved back. The cell AUC moves far less (0.935 to 0.948): moving a smooth map by a cell reorders cells across
+# classifier's maps sit about one and a half cells up and one and a half cells to the left of the evidence (11.5
+# and 12.5 pixels, 46 and 50 mm; a cell is 8 pixels). That puts the peak cell beside the lesion on most slices:
+# pointing rises from 0.202 to 0.614 (visible lesions 0.223 to 0.672, still below the 0.75 target) once the maps
+# are moved back. The cell AUC moves far less (0.887 to 0.944): moving a smooth map by a cell reorders cells across
 # slices much less than it changes which cell of a slice is the peak, and the peak is what Algorithm 1 scales
 # $t$ by.
 
@@ -297,8 +298,8 @@ pd.DataFrame({"as the network gives them": diagnostics.pointing_probe(store, "va
 # pass through the head only), and ScoreCAM's masked forwards reuse $A$ for their masks.
 
 # %% [markdown]
-# With `scorecam_topk > 0` (the demo: ScoreCAM's $K$ masked forwards per slice dominate the chain's time) only
-# the channels with the largest activation variance are scored (8 of the 64 on the demo). How far that lands
+# With `scorecam_topk > 0` (the demo: ScoreCAM's $K$ masked forwards per slice dominate the time spent on maps)
+# only the channels with the largest activation variance are scored (8 of the 64 on the demo). How far that lands
 # from exact ScoreCAM, on the panel slices:
 
 # %%
@@ -365,26 +366,25 @@ if head_epochs:
     display(heads.round(3))
 
 # %% [markdown]
-# Under GMP + FC (as under GAP + FC), GradCAM and CAM share their peak wherever CAM is positive somewhere (ReLU
-# does not move a positive maximum); here the two point alike on the 64 slices (0.203; on visible lesions
-# 0.218), and GradCAM++ points the same. These are the maps as the networks give them, not moved back by $d$
-# (section 8): this classifier's maps sit about a cell up and to the left, so CAM and GradCAM point far lower
-# here than the 0.710 of section 8. Under the authors' head GradCAM is a different map in principle; the table
-# says how far it moves here (the head trained 2 epochs, val AUC 0.899 and 0.905; 64 slices; ScoreCAM on the
-# demo's top 8 channels). GradCAM++'s correlation with GradCAM is 0.962 under the authors' head (0.883 under
-# GMP + FC). Both point slightly *better* there than under GMP + FC (GradCAM 0.266 against 0.203, GradCAM++
-# 0.281 against 0.203: 4 and 5 more of the 64 slices), and GradCAM's cell AUC rises (0.964 against 0.927) while
-# GradCAM++'s stays (0.966 against 0.965). Moved back by each head's own $d$, the two heads point alike on all
-# validation tumor slices: 0.81 on visible lesions for the authors' GradCAM after its second epoch (printed
-# above) against 0.790 for this classifier's CAM (section 8).
-# ScoreCAM points best under both heads (0.359 and 0.344) on maps not moved back: its channel weights come
-# from masked forward passes rather than from the head's weights, and here they favour channels whose maps
-# sit closer to the lesion.
-# On the demo the authors' head does not lower GradCAM's pointing, so it shows nothing in the direction of the
-# paper's gap; but this is pointing, not Dice, of a head trained 2 epochs on a frozen conv stack. Whether the
-# head explains the gap, and
-# what else differed in the paper's GradCAM (the layer it hooked, full-width features, 50 epochs, the tuning,
-# none of it in their text), this notebook cannot settle.
+# Under GMP + FC (as under GAP + FC), GradCAM and CAM share their peak wherever CAM is positive somewhere (ReLU does not
+# move a positive maximum); here the two point alike on the 64 slices (0.172; on visible lesions 0.200); GradCAM++,
+# whose weights are not proportional to $v_k$ (section 4), points at 0.359 (0.418). These are the maps as the networks
+# give them, not moved back by $d$ (section 8): this classifier's maps sit about one and a half cells up and to the
+# left, so CAM and GradCAM point far lower here than the 0.614 of section 8. Under the authors' head GradCAM is a
+# different map in principle; the table says how far it moves here (the head trained 2 epochs, val AUC 0.904 and 0.911;
+# 64 slices; ScoreCAM on the demo's top 8 channels). GradCAM++'s correlation with GradCAM is 0.943 under the authors'
+# head (0.860 under GMP + FC). Both point *worse* there than under GMP + FC (GradCAM 0.141 against 0.172, GradCAM++
+# 0.281 against 0.359: 2 and 5 fewer of the 64 slices), while GradCAM's cell AUC rises (0.939 against 0.902) and
+# GradCAM++'s barely moves (0.957 against 0.964). Moved back by each head's own $d$, on all validation tumor slices, the
+# authors' GradCAM points at 0.74 on visible lesions after its second epoch (printed above) against 0.672 for this
+# classifier's CAM (section 8).
+# On maps not moved back ScoreCAM points about alike under both heads (0.328 and 0.344), and GradCAM++ under GMP + FC
+# best of all (0.359): their channel weights are not the head's $v_k$ (ScoreCAM's come from masked forward passes), and
+# here they favour channels whose maps sit closer to the lesion.
+# On the demo the authors' head moves GradCAM's pointing little (2 of 64 slices lower; higher after the correction): no
+# clear sign in the direction of the paper's gap; but this is pointing, not Dice, of a head trained 2 epochs on a frozen
+# conv stack. Whether the head explains the gap, and what else differed in the paper's GradCAM (the layer it hooked,
+# full-width features, 50 epochs, the tuning, none of it in their text), this notebook cannot settle.
 
 # %% [markdown]
 # ## Summary
@@ -398,8 +398,8 @@ if head_epochs:
 # - ScoreCAM scores each masked slice by its tumor logit and softmaxes over channels; the softmax over a single
 #   logit gives uniform weights.
 # - With the authors' head (7x7 pool + FC stack, `cls_head="authors"`) classic CAM is undefined and GradCAM is no
-#   longer ReLU(CAM); on the demo it points slightly better than under GMP + FC (0.266 against 0.203 on maps not
-#   moved back) at a higher cell AUC (0.964 against 0.927; section 10): not in the direction of the paper's
+#   longer ReLU(CAM); on the demo it points slightly worse than under GMP + FC (0.141 against 0.172 on maps not
+#   moved back, 2 of 64 slices) at a higher cell AUC (0.939 against 0.902; section 10): far from the paper's
 #   GradCAM gap, which pointing after 2 head epochs cannot settle either way.
 #   Its checkpoints: `classifier_authors/`.
 #
@@ -412,8 +412,8 @@ if head_epochs:
 # (the mean is linear). Under GMP $y = b + \sum_k v_k \max A_k$, and the maximum is not linear: each channel
 # contributes its own peak wherever it sits, so $\max M$ differs from $y - b$ unless all positively weighted
 # channels peak in the same cell and the negatively weighted ones are zero there. On the panel slices neither
-# matches the logit (9.2 to 10.7): $b + \max M$ falls 3.5 to 3.9 short of it, and $b + \overline{M}$ lies
-# between $-0.16$ and $-0.12$:
+# matches the logit (6.3 to 9.1): $b + \max M$ falls 2.4 to 4.0 short of it, and $b + \overline{M}$ lies
+# between $-0.25$ and $-0.20$:
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
 with torch.no_grad():
@@ -468,7 +468,6 @@ print(f"{len(x)} panel slices, non-zero channels {nonzero} of {A.shape[1]}: exac
 
 # %% [markdown]
 # The cost is one masked forward pass per channel scored and slice, so top-4 saves about the ratio of the
-# non-zero channel count to 4, here 59/4 (the printed speed-up, 9.0x, is smaller where fixed costs dominate a
-# small batch, and it was measured on a shared machine). The maps agree where the high-variance channels dominate
-# the weighted sum; here top-4 is off by up to 0.376 (mean 0.024), about as far as the demo's top-8 in section 9
-# (0.375, mean 0.020).
+# non-zero channel count to 4, here 58 to 60 against 4 (the printed speed-up, 11.2x, is smaller where fixed costs
+# dominate a small batch). The maps agree where the high-variance channels dominate the weighted sum; here top-4
+# is off by up to 0.516 (mean 0.074), much further than the demo's top-8 in section 9 (0.219, mean 0.015).
