@@ -125,10 +125,11 @@ def report(table: pd.DataFrame) -> None:
     """Median Dice and ICC(A,1) of MTV per set and method; each floor set paired against no floor."""
     lesion = table.dropna(subset=["dice"])
     print(f"\n{lesion['study_id'].nunique()} held-out studies with lesions; median per-study Dice, ICC(A,1) of MTV:")
-    rows = {(name, m): {"dice": g["dice"].median(), "mtv_icc": metrics.icc_agreement(g["true_mtv_ml"],
-                                                                                        g["mtv_ml"])["icc"]}
-            for (name, m), g in lesion.groupby(["set", "method"], sort=False)}
-    print(pd.DataFrame(rows).T.unstack("method").round(3).to_string())
+    rows = [{"set": name, "method": m, "dice": g["dice"].median(),
+             "mtv_icc": metrics.icc_agreement(g["true_mtv_ml"], g["mtv_ml"])["icc"]}
+            for (name, m), g in lesion.groupby(["set", "method"], sort=False)]
+    table = pd.DataFrame(rows).pivot(index="set", columns="method", values=["dice", "mtv_icc"])
+    print(table.reindex(list(dict.fromkeys(lesion["set"]))).round(3).to_string())
     if "no floor" not in set(lesion["set"]):
         return
     wide = lesion.pivot_table(index="study_id", columns=["set", "method"], values="dice")
