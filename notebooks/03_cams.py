@@ -468,6 +468,6 @@ print(f"{len(x)} panel slices, non-zero channels {nonzero} of {A.shape[1]}: exac
 
 # %% [markdown]
 # The cost is one masked forward pass per channel scored and slice, so top-4 saves about the ratio of the
-# non-zero channel count to 4, here 58 to 60 against 4 (the printed speed-up, 11.2x, is smaller where fixed costs
+# non-zero channel count to 4, here 58 to 60 against 4 (the printed speed-up, 9.3x, is smaller where fixed costs
 # dominate a small batch). The maps agree where the high-variance channels dominate the weighted sum; here top-4
 # is off by up to 0.516 (mean 0.074), much further than the demo's top-8 in section 9 (0.219, mean 0.015).
