@@ -320,10 +320,10 @@ unet_epochs 36 (session 20, AVX512-BF16 CPU in bf16, `python -m benchmarks.unet_
 24 epochs 0.464 / 0.446 (seeds 0 / 1), 36 epochs 0.548 / 0.564, 48 epochs 0.626 / 0.682; seed 0's first 24 epochs
 are the chain's 24-epoch U-Net bit for bit. On the 78 held-out test-split studies outside the demo
 (`python -m benchmarks.holdout_probe`) seed 0 scores 0.441 at 24 epochs (below the maps with the SUV floor,
-0.45-0.50) and 0.643 at 48 (MTV ICC 0.69 / 0.68). 48 epochs are not taken although they score higher: on a 2-core
-AVX2 CPU in float32 a U-Net epoch costs ~57 s, so 48 add ~23 min to the chain and would put CI (the chain runs
-once more under nbval; CI took 4,426-5,315 s of its 5,400 with a chain of that length) at risk of its limit;
-36 add ~11 min.
+0.45-0.50), 0.535 at 36 (the chain's U-Net) and 0.643 at 48 (MTV ICC 0.69 / 0.74 / 0.68). 48 epochs are not taken
+although they score higher: on a 2-core AVX2 CPU in float32 a U-Net epoch costs ~57 s, so 48 add ~23 min to the
+chain and would put CI (the chain runs once more under nbval; CI took 4,426-5,315 s of its 5,400 with a chain of
+that length) at risk of its limit; 36 add ~11 min.
 
 CAM -> U-Net (session 6, issue 14): cam_unet_epochs 0 makes it opt-in in the demo (`-p cam_unet_epochs=12`). On a
 2-core AVX2 CPU without bf16 one U-Net epoch costs about 85 s (37 s with AVX512-BF16), so a second U-Net adds about
