@@ -29,7 +29,7 @@ import pandas as pd
 from scipy.stats import wilcoxon
 from sklearn.metrics import roc_auc_score
 
-from wsseg_nb import cam, diagnostics, infer, manifest, metrics, phantom, segment, slices, train
+from wsseg_nb import cam, diagnostics, infer, manifest, metrics, phantom, runs, segment, slices, train
 
 MANIFEST = Path("data_manifest.csv")
 
@@ -45,7 +45,7 @@ def holdout_rows(path: Path, n: int | None) -> pd.DataFrame:
     return rows.reset_index(drop=True)
 
 
-def build_store(rows: pd.DataFrame, out: Path, run) -> slices.SliceStore:
+def build_store(rows: pd.DataFrame, out: Path, run: runs.Run) -> slices.SliceStore:
     """Generate the studies into OUT/data and preprocess them on the run's grid into OUT/store (both resumable)."""
     rows, data = rows.copy(), (out / "data").resolve()  # resolved: OUT/data may link to another OUT's studies
     for field, name in phantom.STUDY_FILES.items():
@@ -54,7 +54,7 @@ def build_store(rows: pd.DataFrame, out: Path, run) -> slices.SliceStore:
     return slices.preprocess_cohort(rows, out / "store", run.config.spacing_mm, run.config.slice_size)
 
 
-def parameter_sets(run, floors: list[float]) -> dict[str, tuple[float, dict[str, dict[str, float]]]]:
+def parameter_sets(run: runs.Run, floors: list[float]) -> dict[str, tuple[float, dict[str, dict[str, float]]]]:
     """{set: (gate, {method: {t, q, floor}})}, every set chosen on the run's validation split."""
     c = run.config
     val = segment.load_gated(run.dir, ("val",)).select("val")
@@ -86,7 +86,7 @@ def score(data: segment.GatedSlices, out: Path, sets: dict, methods: list[str], 
     return pd.concat(frames, ignore_index=True)
 
 
-def score_unet(run, store: slices.SliceStore, out: Path, voxel_ml: float) -> pd.DataFrame:
+def score_unet(run: runs.Run, store: slices.SliceStore, out: Path, voxel_ml: float) -> pd.DataFrame:
     """Per study: Dice and MTV of the run's U-Net (unet/best.pt at its validation threshold) on the held-out store."""
     c, unet = run.config, train.load_unet(run, "best")
     threshold = train.unet_threshold(run.dir / "unet" / "best.pt")
@@ -100,7 +100,7 @@ def score_unet(run, store: slices.SliceStore, out: Path, voxel_ml: float) -> pd.
     return pd.DataFrame(rows)
 
 
-def score_maps(run, store: slices.SliceStore, out: Path, floors: list[float]) -> pd.DataFrame:
+def score_maps(run: runs.Run, store: slices.SliceStore, out: Path, floors: list[float]) -> pd.DataFrame:
     """Predict and map the held-out slices with the run's classifier, score every parameter set; print the gates."""
     c = run.config
     sets = parameter_sets(run, floors)

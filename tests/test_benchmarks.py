@@ -183,3 +183,27 @@ def test_holdout_rows_are_test_studies_the_demo_never_reads() -> None:
     share = rows["diagnosis"].value_counts() / len(rows)
     assert len(some) == 20 and set(some["study_id"]) <= set(rows["study_id"])
     assert ((some["diagnosis"].value_counts() - 20 * share).abs() < 1).all()  # in proportion, to the study
+
+
+def test_holdout_score_gates_cuts_at_the_floor_and_counts_ungated_lesions(tmp_path) -> None:
+    from benchmarks.holdout_probe import score
+    from wsseg_nb.segment import GatedSlices
+
+    # study A: two called slices (p 0.9, 0.6), study B: one slice called only at p >= 0.3; CAM 1 everywhere
+    suv = np.zeros((3, 4, 4), np.float32)
+    suv[0, :2, :2], suv[1, 0, :], suv[2, 3, 3] = 5.0, 2.5, 4.0
+    gt = np.zeros((3, 4, 4), bool)
+    gt[0, :2, :3], gt[2, 3, 3] = True, True
+    rows = pd.DataFrame({"study_id": ["A", "A", "B"], "prob": [0.9, 0.6, 0.4], "cam_row": [0, 1, 2]})
+    studies = pd.DataFrame({"split": "test", "lesion_voxels": [6 + 2, 1]}, index=pd.Index(["A", "B"]))
+    (tmp_path / "cams").mkdir()
+    np.save(tmp_path / "cams" / "cam.npy", np.ones((3, 2, 2), np.float16))
+    data = GatedSlices(None, rows, suv, gt, studies)  # A has 2 more lesion voxels on a slice nobody gates
+    sets = {"strict": (0.8, {"cam": {"t": 0.5, "q": 0.0, "floor": 3.0}}),
+            "loose": (0.3, {"cam": {"t": 0.5, "q": 0.0, "floor": 2.0}})}
+    table = score(data, tmp_path, sets, ["cam"], voxel_ml=0.5).set_index(["set", "study_id"])
+    # strict: slice 0 only, SUV >= 3 keeps its 4 hot voxels, 4 of them lesion: A 2*4/(4+8); B not called: 0
+    assert table.loc[("strict", "A"), "dice"] == 2 * 4 / (4 + 8) and table.loc[("strict", "B"), "dice"] == 0.0
+    # loose: + slice 1 (4 voxels at 2.5, none lesion) and slice 2 (1 voxel, lesion)
+    assert table.loc[("loose", "A"), "dice"] == 2 * 4 / (8 + 8) and table.loc[("loose", "B"), "dice"] == 1.0
+    assert table.loc[("loose", "A"), "mtv_ml"] == 4.0 and table.loc[("loose", "A"), "true_mtv_ml"] == 4.0
