@@ -8,7 +8,7 @@ same cohort and are never generated, trained on, tuned on or scored by the chain
 phantom, into OUT/data), preprocesses them on the run's grid (OUT/store), predicts them with the run's classifier,
 computes the maps of every slice at p >= the lowest gate searched (OUT/cams, the run's own shift undone), and
 scores Algorithm 1 per study with parameter sets chosen on the run's validation split only (and, where the run has
-one, its U-Net at its validation threshold):
+them, its U-Net and its CAM -> U-Net, each at its validation threshold):
 
 - no floor: the gate, t and q searched as notebook 04 does with f = 0 (Algorithm 1 as printed);
 - floor@gate: the SUV floor (`--floors`) searched with t and q at that gate;
@@ -29,7 +29,7 @@ import pandas as pd
 from scipy.stats import wilcoxon
 from sklearn.metrics import roc_auc_score
 
-from wsseg_nb import cam, diagnostics, infer, manifest, metrics, phantom, runs, segment, slices, train
+from wsseg_nb import cam, diagnostics, infer, manifest, metrics, phantom, pseudo, runs, segment, slices, train
 
 MANIFEST = Path("data_manifest.csv")
 
@@ -86,16 +86,16 @@ def score(data: segment.GatedSlices, out: Path, sets: dict, methods: list[str], 
     return pd.concat(frames, ignore_index=True)
 
 
-def score_unet(run: runs.Run, store: slices.SliceStore, out: Path, voxel_ml: float) -> pd.DataFrame:
-    """Per study: Dice and MTV of the run's U-Net (unet/best.pt at its validation threshold) on the held-out store."""
-    c, unet = run.config, train.load_unet(run, "best")
-    threshold = train.unet_threshold(run.dir / "unet" / "best.pt")
-    train.predict_unet_masks(unet, store, out, ("test",), c.cam_batch, run.device, threshold)
+def score_unet(run: runs.Run, store: slices.SliceStore, out: Path, voxel_ml: float,
+               folder: str = "unet") -> pd.DataFrame:
+    """Per study: Dice and MTV of a U-Net of the run (<folder>/best.pt at its validation threshold) on the store."""
+    c, unet = run.config, train.load_unet(run, "best", folder=folder)
+    threshold = train.unet_threshold(run.dir / folder / "best.pt")
+    train.predict_unet_masks(unet, store, out, ("test",), c.cam_batch, run.device, threshold, method=folder)
     rows = []
-    for sid, pred in segment.load_study_masks(out, "unet").items():
+    for sid, pred in segment.load_study_masks(out, folder).items():
         truth = store.study(sid).mask.astype(bool)
-        rows.append({"study_id": sid, "set": f"p >= {threshold:g}", "method": "unet",
-                     "dice": metrics.dice(pred, truth),
+        rows.append({"study_id": sid, "set": f"p >= {threshold:g}", "method": folder, "dice": metrics.dice(pred, truth),
                      "mtv_ml": pred.sum() * voxel_ml, "true_mtv_ml": truth.sum() * voxel_ml})
     return pd.DataFrame(rows)
 
@@ -150,10 +150,10 @@ def main() -> None:
     parser.add_argument("--floors", type=float, nargs="+", default=[0.0, 2.0, 2.5, 3.0, 3.5])
     args = parser.parse_args()
     has_maps = all((args.run_dir / f).exists() for f in ("classifier/best.pt", "cams/index.csv"))
-    has_unet = (args.run_dir / "unet" / "best.pt").exists()
-    if not (args.run_dir / "run.json").exists() or not (has_maps or has_unet):
+    unets = [f for f in ("unet", pseudo.FOLDER) if (args.run_dir / f / "best.pt").exists()]
+    if not (args.run_dir / "run.json").exists() or not (has_maps or unets):
         raise SystemExit(f"error: {args.run_dir}: needs run.json and classifier/best.pt with cams/index.csv "
-                         f"(notebooks 01-03, or benchmarks.seed_dice_probe) or unet/best.pt (notebook 05)")
+                         f"(notebooks 01-03, or benchmarks.seed_dice_probe) or unet/ or cam_unet/best.pt (notebook 05)")
     run = infer.open_run(args.run_dir)
     rows = holdout_rows(MANIFEST, args.studies)
     print(f"{len(rows)} held-out studies: {rows['diagnosis'].value_counts().to_dict()}")
@@ -161,8 +161,7 @@ def main() -> None:
     parts = []
     if has_maps:
         parts.append(score_maps(run, store, args.out, sorted(args.floors)))
-    if has_unet:
-        parts.append(score_unet(run, store, args.out, metrics.voxel_volume_ml(run.config.spacing_mm)))
+    parts += [score_unet(run, store, args.out, metrics.voxel_volume_ml(run.config.spacing_mm), f) for f in unets]
     table = pd.concat(parts, ignore_index=True)
     table.to_csv(args.out / "holdout_dice.csv", index=False)
     report(table)
