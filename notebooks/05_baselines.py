@@ -231,7 +231,10 @@ print(f"{len(studies)} studies written to masks/unet/")
 # `python -m benchmarks.pseudo_label_probe`): CAM's pseudo-labels at that run's tuned $t$ and $q$ reach a median
 # Dice of 0.32 on the training studies, and 0.28–0.36 over the four maps with $t$ and $q$ tuned behind a perfect
 # gate instead (the validation maps reach 0.45 there, the training studies' 0.35). The U-Net was not retrained on
-# them. All these measurements predate the SUV floor, and on this run's classifier neither stage has been measured.
+# them. On this run's classifier, with the SUV floor (session 20, `-p cam_unet_epochs=36` on a copy of this run,
+# notebooks 05–06 only): CAM's pseudo-labels at its tuned $t$, $q$ and $f$ reach a median Dice of 0.47 on the
+# 30 training studies, yet the U-Net trained on them scores 0.28 on validation and 0.29 on test, below every map
+# (0.46–0.53): better pseudo-labels, still not good enough to teach a U-Net past the maps that made them.
 
 # %%
 if cfg.cam_unet_epochs:

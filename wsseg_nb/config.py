@@ -331,6 +331,9 @@ CAM -> U-Net (session 6, issue 14): cam_unet_epochs 0 makes it opt-in in the dem
 CAM needs one forward pass per training slice (ScoreCAM: K masked passes). cam_unet_gate 'labels': 'classifier'
 (only label-tumorous slices the classifier calls, the rest left out) gave more precise pseudo-labels (voxel precision
 0.60 vs 0.10) but 262 tumor slices instead of 726, and test Dice 0.27 vs 0.33 (val 0.33 vs 0.37): rejected.
+With the SUV floor (session 20, AVX512-BF16, `python -m wsseg_nb run --only 05 06 -p cam_unet_epochs=36` on a copy of
+the chain's run): pseudo-labels median Dice 0.47 on the 30 training studies, the CAM -> U-Net validation 0.28 (kept
+epoch 36 of 36; 0.09 / 0.22 at 12 / 24), test 0.29 against the maps' 0.46-0.53; 05 took 622 s instead of 409.
 
 cls_ct_dropout stays 0 (session 8, `python -m benchmarks.classifier_seeds -p cls_ct_dropout=0.5`, AVX2 fp32, the
 same store). Without it seed 1's CAM peak left the lesions as its val AUC rose (visible pointing 0.88 at epoch 5,
