@@ -275,6 +275,15 @@ the threshold 0.17 against 0.32: the test gate calls 429 slices at p >= 0.8 (pre
 Session 8's max pooling of the CAM itself (max over cells of sum_k v_k A_k, one cell's gradient) is a different
 head and stays rejected.
 
+cls_epochs stays 32 (session 20, AVX512-BF16 in bf16, `python -m benchmarks.classifier_seeds --run-dir RUN --seeds 0
+1 2 -p cls_epochs=48`, seeds 1 and 2 resumed from their 32-epoch runs, then `benchmarks.seed_dice_probe`; Dice with
+f = 0): kept epochs 44 / 33 / 48, thinned val AUC 0.930 / 0.917 / 0.936 (32 epochs: 0.906 / 0.927 / 0.888), visible
+pointing 0.69 / 0.81 / 0.84 (0.67 / 0.80 / 0.81), gated val Dice CAM / GradCAM / GradCAM++ / ScoreCAM seed 0
+0.43 / 0.43 / 0.43 / 0.39 (0.39 / 0.39 / 0.38 / 0.38), seed 1 0.34 / 0.33 / 0.33 / 0.25 (0.40 / 0.39 / 0.38 /
+0.31), seed 2 0.45 / 0.49 / 0.47 / 0.26 (0.34 / 0.39 / 0.34 / 0.34). No seed reaches AUC 0.95, seed 0 stays below
+0.75 visible pointing, seed 1's maps fall and ScoreCAM falls on two seeds; 16 more epochs would add ~8 min on AVX2
+CI. Not adopted.
+
 gate_grid from 0.5 (the paper's reading) to 0.99: session 4's classifier called 1,566 of the 4,154 val + test
 slices at p >= 0.5 and 0.95 won, so 0.5 was left out to map fewer slices (1,603 -> 948). Session 7's classifier
 (kept epoch 7, AVX2 fp32) calls 335 val slices at 0.5 (precision 0.53) and 144 at 0.7 (0.70), and 0.5 wins on
