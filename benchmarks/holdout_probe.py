@@ -40,7 +40,7 @@ def holdout_rows(path: Path, n: int | None) -> pd.DataFrame:
     rows = df[(df["split"] == "test") & (df["demo"] == 0)].sort_values("study_id")
     if n is not None and n < len(rows):
         sizes = rows.groupby("diagnosis").size()
-        counts = dict(zip(sizes.index, manifest._largest_remainder(n, sizes.tolist())))
+        counts = dict(zip(sizes.index, manifest.largest_remainder(n, sizes.tolist())))
         rows = pd.concat([g.head(counts[d]) for d, g in rows.groupby("diagnosis")]).sort_values("study_id")
     return rows.reset_index(drop=True)
 
@@ -69,13 +69,12 @@ def parameter_sets(run: runs.Run, floors: list[float]) -> dict[str, tuple[float,
 
 def score(data: segment.GatedSlices, out: Path, sets: dict, methods: list[str], voxel_ml: float) -> pd.DataFrame:
     """Per study, set and method: Dice and MTV (ml, predicted and true) of Algorithm 1 on the slices the gate calls."""
-    frames = []
-    for name, (gate, params) in sets.items():
-        called = data.at_gate(gate)
-        for m in methods:
-            cams = segment.load_cams(out, m, called.rows)
-            p = params[m]
-            masks = segment.algorithm1(cams, called.suv, p["t"], p["q"], floor=p.get("floor", 0.0))
+    frames, prob = [], data.rows["prob"].to_numpy()
+    for m in methods:
+        cams = segment.load_cams(out, m, data.rows)  # read once; each set's gate selects its rows
+        for name, (gate, params) in sets.items():
+            called, p = data.at_gate(gate), params[m]
+            masks = segment.algorithm1(cams[prob >= gate], called.suv, p["t"], p["q"], floor=p.get("floor", 0.0))
             inter, pred = (masks & called.gt).sum(axis=(1, 2)), masks.sum(axis=(1, 2))
             dice = segment.study_dice(inter, pred, called.rows["study_id"], called.gt_total)
             pred_voxels = pd.Series(pred, dtype=np.int64).groupby(called.rows["study_id"].to_numpy()).sum()

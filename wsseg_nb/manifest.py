@@ -132,7 +132,7 @@ def load_manifest(path: str | os.PathLike[str], subset: str = "all", check_files
     return df
 
 
-def _largest_remainder(total: int, fractions: list[float]) -> list[int]:
+def largest_remainder(total: int, fractions: list[float]) -> list[int]:
     """Integer counts summing to `total`, as close as possible to total * fractions."""
     exact = np.asarray(fractions, dtype=float) * total / sum(fractions)
     counts = np.floor(exact).astype(int)
@@ -145,7 +145,7 @@ def _stratified_split(strata: pd.Series, rng: np.random.Generator) -> np.ndarray
     """60/20/20 train/val/test labels, exact per stratum (largest remainder), shuffled within strata."""
     split = np.empty(len(strata), dtype=object)
     for _, idx in sorted(strata.groupby(strata).indices.items()):
-        counts = _largest_remainder(len(idx), [0.6, 0.2, 0.2])
+        counts = largest_remainder(len(idx), [0.6, 0.2, 0.2])
         split[rng.permutation(idx)] = np.repeat(SPLITS, counts)
     return split
 
@@ -157,7 +157,7 @@ def _demo_flags(diagnosis: pd.Series, split: pd.Series, rng: np.random.Generator
         in_split = split.to_numpy() == name
         present = sorted(diagnosis[in_split].unique())
         sizes = [int((diagnosis[in_split] == d).sum()) for d in present]
-        for d, k in zip(present, _largest_remainder(min(n_demo, int(in_split.sum())), sizes)):
+        for d, k in zip(present, largest_remainder(min(n_demo, int(in_split.sum())), sizes)):
             idx = np.flatnonzero(in_split & (diagnosis.to_numpy() == d))
             demo[np.sort(rng.permutation(idx)[:k])] = 1
     return demo
@@ -166,7 +166,7 @@ def _demo_flags(diagnosis: pd.Series, split: pd.Series, rng: np.random.Generator
 def synthetic_cohort(n: int = 453, seed: int = 0) -> pd.DataFrame:
     """The synthetic cohort's manifest: paper proportions, 60/20/20 stratified split, demo subset (notebook 01)."""
     rng = np.random.default_rng(seed)
-    counts = _largest_remainder(n, list(PAPER_DIAGNOSIS_FRACTIONS.values()))
+    counts = largest_remainder(n, list(PAPER_DIAGNOSIS_FRACTIONS.values()))
     diagnosis = rng.permutation(np.repeat(list(PAPER_DIAGNOSIS_FRACTIONS), counts))
     n_female = int(round(n * PAPER_FEMALE_FRACTION))
     sex = rng.permutation(np.repeat(["F", "M"], [n_female, n - n_female]))
