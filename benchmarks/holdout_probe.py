@@ -1,6 +1,7 @@
 """Score a trained run on studies the demo never reads: the manifest's test-split studies outside the demo subset.
 
     python -m benchmarks.holdout_probe --run-dir runs/demo --out /tmp/holdout [--studies 40] [--floors 0 2 2.5 3 3.5]
+        [--lows 0.5 0.7]
 
 The demo's 12 test studies are read once per recipe (notebook 06); a lever chosen after that read needs other
 held-out data. The committed manifest holds 453 studies, and those of its test split with demo = 0 come from the
@@ -12,10 +13,12 @@ them, its U-Net and its CAM -> U-Net, each at its validation threshold):
 
 - no floor: the gate, t and q searched as notebook 04 does with f = 0 (Algorithm 1 as printed);
 - floor@gate: the SUV floor (`--floors`) searched with t and q at that gate;
-- floor: the floor searched with t, q and the gate together (the demo profile's search since session 20).
+- floor: the floor searched with t, q and the gate together (the demo profile's search since session 20);
+- floor, low L (`--lows`): as floor, with a hysteresis gate along z (`gate_hysteresis_probe.hysteresis`: slices at
+  p >= the gate, and those at p >= L z-connected to them); session 21, rejected (README).
 
 It prints the median per-study Dice per set and method, the gate's precision and recall on these studies, the
-ICC(A,1) of MTV and a paired Wilcoxon test of each set against no floor; writes OUT/holdout_dice.csv (one row per
+ICC(A,1) of MTV and a paired Wilcoxon test of each set against no floor (and each hysteresis set against floor); writes OUT/holdout_dice.csv (one row per
 study, set and method).
 Nothing in the run directory is written.
 """
@@ -29,6 +32,7 @@ import pandas as pd
 from scipy.stats import wilcoxon
 from sklearn.metrics import roc_auc_score
 
+from benchmarks.gate_hysteresis_probe import hysteresis
 from wsseg_nb import cam, diagnostics, infer, manifest, metrics, phantom, pseudo, runs, segment, slices, train
 
 MANIFEST = Path("data_manifest.csv")
@@ -54,34 +58,49 @@ def build_store(rows: pd.DataFrame, out: Path, run: runs.Run) -> slices.SliceSto
     return slices.preprocess_cohort(rows, out / "store", run.config.spacing_mm, run.config.slice_size)
 
 
-def parameter_sets(run: runs.Run, floors: list[float]) -> dict[str, tuple[float, dict[str, dict[str, float]]]]:
-    """{set: (gate, {method: {t, q, floor}})}, every set chosen on the run's validation split."""
+def parameter_sets(run: runs.Run, floors: list[float],
+                   lows: list[float]) -> dict[str, tuple[float, float | None, dict[str, dict[str, float]]]]:
+    """{set: (gate, hysteresis low or None, {method: {t, q, floor}})}, every set chosen on the run's validation split."""
     c = run.config
     val = segment.load_gated(run.dir, ("val",)).select("val")
     cams = {m: segment.load_cams(run.dir, m, val.rows) for m in c.cam_methods}
-    plain_gate, tuned, _ = segment.tune_with_gate(cams, val, c.t_grid, c.q_grid, c.gates, (0.0,))
-    sets = {"no floor": (plain_gate, {m: dict(tu.params) for m, tu in tuned.items()})}
-    for name, gates in (("floor@gate", [plain_gate]), ("floor", c.gates)):
-        gate, tuned, _ = segment.tune_with_gate(cams, val, c.t_grid, c.q_grid, gates, floors)
-        sets[name] = (gate, {m: dict(tu.params) for m, tu in tuned.items()})
+    prob = val.rows["prob"].to_numpy()
+    plain_gate = segment.tune_with_gate(cams, val, c.t_grid, c.q_grid, c.gates, (0.0,))[0]
+    searches = {"no floor": (None, c.gates, (0.0,)), "floor@gate": (None, [plain_gate], floors),
+                "floor": (None, c.gates, floors), **{f"floor, low {low:g}": (low, [g for g in c.gates if g > low], floors)
+                                                       for low in lows}}
+    sets = {}
+    for name, (low, gates, floor_grid) in searches.items():
+        calls = None if low is None else (lambda g, low=low: hysteresis(val.rows, prob, g, low))
+        gate, tuned, _ = segment.tune_with_gate(cams, val, c.t_grid, c.q_grid, gates, floor_grid, calls)
+        sets[name] = (gate, low, {m: dict(tu.params) for m, tu in tuned.items()})
+        print(f"validation, {name}: gate {gate}, low {low}, median Dice "
+              + ", ".join(f"{m} {tu.dice:.3f}" for m, tu in tuned.items()), flush=True)
     return sets
+
+
+def called_rows(rows: pd.DataFrame, gate: float, low: float | None) -> np.ndarray:
+    """bool per row: p >= gate, or with a hysteresis low, also z-connected to such a row through p >= low."""
+    prob = rows["prob"].to_numpy()
+    return prob >= gate if low is None else hysteresis(rows, prob, gate, low)
 
 
 def score(data: segment.GatedSlices, out: Path, sets: dict, methods: list[str], voxel_ml: float) -> pd.DataFrame:
     """Per study, set and method: Dice and MTV (ml, predicted and true) of Algorithm 1 on the slices the gate calls."""
-    frames, prob = [], data.rows["prob"].to_numpy()
+    frames = []
     for m in methods:
         cams = segment.load_cams(out, m, data.rows)  # read once; each set's gate selects its rows
-        for name, (gate, params) in sets.items():
-            called, p = data.at_gate(gate), params[m]
-            masks = segment.algorithm1(cams[prob >= gate], called.suv, p["t"], p["q"], floor=p.get("floor", 0.0))
+        for name, (gate, low, params) in sets.items():
+            keep, p = called_rows(data.rows, gate, low), params[m]
+            called = data.subset(keep)
+            masks = segment.algorithm1(cams[keep], called.suv, p["t"], p["q"], floor=p.get("floor", 0.0))
             inter, pred = (masks & called.gt).sum(axis=(1, 2)), masks.sum(axis=(1, 2))
             dice = segment.study_dice(inter, pred, called.rows["study_id"], called.gt_total)
             pred_voxels = pd.Series(pred, dtype=np.int64).groupby(called.rows["study_id"].to_numpy()).sum()
             frames.append(pd.DataFrame({"study_id": called.studies.index, "set": name, "method": m, "gate": gate,
-                                        "t": p["t"], "q": p["q"], "floor": p.get("floor", 0.0), "dice": dice,
-                                        "mtv_ml": pred_voxels.reindex(called.studies.index, fill_value=0).to_numpy()
-                                        * voxel_ml, "true_mtv_ml": called.gt_total.to_numpy() * voxel_ml}))
+                                        "low": low, "t": p["t"], "q": p["q"], "floor": p.get("floor", 0.0),
+                                        "dice": dice, "mtv_ml": pred_voxels.reindex(called.studies.index, fill_value=0)
+                                        .to_numpy() * voxel_ml, "true_mtv_ml": called.gt_total.to_numpy() * voxel_ml}))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -99,13 +118,14 @@ def score_unet(run: runs.Run, store: slices.SliceStore, out: Path, voxel_ml: flo
     return pd.DataFrame(rows)
 
 
-def score_maps(run: runs.Run, store: slices.SliceStore, out: Path, floors: list[float]) -> pd.DataFrame:
+def score_maps(run: runs.Run, store: slices.SliceStore, out: Path, floors: list[float],
+               lows: list[float]) -> pd.DataFrame:
     """Predict and map the held-out slices with the run's classifier, score every parameter set; print the gates."""
     c = run.config
-    sets = parameter_sets(run, floors)
+    sets = parameter_sets(run, floors, lows)
     model = train.load_classifier(run)
     pred = train.predict_classifier(model, store, ("test",), c.cam_batch, run.device)
-    lowest = min(gate for gate, _ in sets.values())
+    lowest = min(low if low is not None else gate for gate, low, _ in sets.values())
     gated = cam.gated_rows(pred, store.index, lowest)
     maps = cam.cams_for_slices(model, store, gated["position"].to_numpy(), c.cam_methods, batch_size=c.cam_batch,
                                device=run.device, topk=c.scorecam_topk, shift=train.cam_shift(run))
@@ -113,15 +133,17 @@ def score_maps(run: runs.Run, store: slices.SliceStore, out: Path, floors: list[
     table = score(segment.load_gated(out, ("test",)), out, sets, list(c.cam_methods),
                   metrics.voxel_volume_ml(c.spacing_mm))
     print(f"\nclassifier on the held-out slices: AUC {roc_auc_score(pred['label'] > 0, pred['prob']):.3f}")
-    for name, (gate, params) in sets.items():
-        stats = diagnostics.gate_stats(pred["label"], pred["prob"], gate)
-        print(f"{name:>10}: gate {gate}, {stats}; " + ", ".join(
+    for name, (gate, low, params) in sets.items():
+        keep = called_rows(pred, gate, low)
+        stats = {"called": int(keep.sum()), "precision": round(float((pred["label"].to_numpy()[keep] > 0).mean()), 3),
+                 "recall": round(float(keep[pred["label"].to_numpy() > 0].mean()), 3)}
+        print(f"{name:>10}: gate {gate}, low {low}, {stats}; " + ", ".join(
             f"{m} t {p['t']:.2f} q {p['q']:.1f} f {p.get('floor', 0.0):g}" for m, p in params.items()))
     return table
 
 
 def report(table: pd.DataFrame) -> None:
-    """Median Dice and ICC(A,1) of MTV per set and method; each floor set paired against no floor."""
+    """Median Dice and ICC(A,1) of MTV per set and method; floor sets paired against no floor, hysteresis against floor."""
     lesion = table.dropna(subset=["dice"])
     print(f"\n{lesion['study_id'].nunique()} held-out studies with lesions; median per-study Dice, ICC(A,1) of MTV:")
     rows = [{"set": name, "method": m, "dice": g["dice"].median(),
@@ -132,12 +154,12 @@ def report(table: pd.DataFrame) -> None:
     if "no floor" not in set(lesion["set"]):
         return
     wide = lesion.pivot_table(index="study_id", columns=["set", "method"], values="dice")
-    print("\npaired against no floor (median of differences; Wilcoxon p):")
-    for name in [s for s in dict.fromkeys(lesion["set"]) if s in ("floor@gate", "floor")]:
-        print(f"{name:>10}: " + ", ".join(
-            f"{m} {np.median(wide[name, m] - wide['no floor', m]):+.3f} "
-            f"(p {wilcoxon(wide[name, m], wide['no floor', m]).pvalue:.3g})"
-            for m in wide["no floor"].columns))
+    print("\npaired (median of differences; Wilcoxon p):")
+    for name in [s for s in dict.fromkeys(lesion["set"]) if s != "no floor" and not s.startswith("p >=")]:
+        base = "floor" if name.startswith("floor, low") else "no floor"
+        print(f"{name:>14} vs {base}: " + ", ".join(
+            f"{m} {np.median(wide[name, m] - wide[base, m]):+.3f} (p {wilcoxon(wide[name, m], wide[base, m]).pvalue:.3g})"
+            for m in wide[base].columns))
 
 
 def main() -> None:
@@ -147,6 +169,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--studies", type=int, default=None, help="this many held-out studies (default: all)")
     parser.add_argument("--floors", type=float, nargs="+", default=[0.0, 2.0, 2.5, 3.0, 3.5])
+    parser.add_argument("--lows", type=float, nargs="*", default=[],
+                        help="also a hysteresis gate along z at each of these lower thresholds (floor searched)")
     args = parser.parse_args()
     has_maps = all((args.run_dir / f).exists() for f in ("classifier/best.pt", "cams/index.csv"))
     unets = [f for f in ("unet", pseudo.FOLDER) if (args.run_dir / f / "best.pt").exists()]
@@ -159,7 +183,7 @@ def main() -> None:
     store = build_store(rows, args.out, run)
     parts = []
     if has_maps:
-        parts.append(score_maps(run, store, args.out, sorted(args.floors)))
+        parts.append(score_maps(run, store, args.out, sorted(args.floors), args.lows))
     parts += [score_unet(run, store, args.out, metrics.voxel_volume_ml(run.config.spacing_mm), f) for f in unets]
     table = pd.concat(parts, ignore_index=True)
     table.to_csv(args.out / "holdout_dice.csv", index=False)

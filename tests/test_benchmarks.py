@@ -199,8 +199,8 @@ def test_holdout_score_gates_cuts_at_the_floor_and_counts_ungated_lesions(tmp_pa
     (tmp_path / "cams").mkdir()
     np.save(tmp_path / "cams" / "cam.npy", np.ones((3, 2, 2), np.float16))
     data = GatedSlices(None, rows, suv, gt, studies)  # A has 2 more lesion voxels on a slice nobody gates
-    sets = {"strict": (0.8, {"cam": {"t": 0.5, "q": 0.0, "floor": 3.0}}),
-            "loose": (0.3, {"cam": {"t": 0.5, "q": 0.0, "floor": 2.0}})}
+    sets = {"strict": (0.8, None, {"cam": {"t": 0.5, "q": 0.0, "floor": 3.0}}),
+            "loose": (0.3, None, {"cam": {"t": 0.5, "q": 0.0, "floor": 2.0}})}
     table = score(data, tmp_path, sets, ["cam"], voxel_ml=0.5).set_index(["set", "study_id"])
     # strict: slice 0 only, SUV >= 3 keeps its 4 hot voxels, 4 of them lesion: A 2*4/(4+8); B not called: 0
     assert table.loc[("strict", "A"), "dice"] == 2 * 4 / (4 + 8) and table.loc[("strict", "B"), "dice"] == 0.0

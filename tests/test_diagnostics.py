@@ -234,3 +234,19 @@ def test_oracle_floor_dice_by_hand():
     assert table["study_id"].tolist() == ["A", "A"]               # B has no lesion, C is another split
     assert np.allclose(table["oracle_gate"], [2 * 2 / (3 + 2), 1.0])  # floor 3 keeps the SUV 4 beside the lesion
     assert np.allclose(table["no_gate"], [2 * 2 / (4 + 2), 2 * 2 / (3 + 2)])  # and the tumor-free slice's SUV 6
+
+
+def test_auc_by_lesion_area_scores_each_bin_against_every_negative() -> None:
+    pred = pd.DataFrame({"study_id": ["A"] * 6 + ["B"], "slice": [0, 1, 2, 3, 4, 5, 0],
+                         "split": ["val"] * 6 + ["test"], "label": [0, 0, 0, 1, 1, 1, 1],
+                         "prob": [0.1, 0.2, 0.3, 0.15, 0.25, 0.9, 0.0]})
+    index = pd.DataFrame({"study_id": ["A"] * 6 + ["B"], "slice": [0, 1, 2, 3, 4, 5, 0],
+                          "lesion_area_mm2": [0.0, 0.0, 0.0, 10.0, 100.0, 1000.0, 5.0]})
+    table = diagnostics.auc_by_lesion_area(pred, index, "val")
+    assert table["tumor slices"].tolist() == [1, 1, 0, 1]  # the test slice is left out
+    # p 0.15 beats 1 of 3 negatives, 0.25 beats 2, 0.9 all 3; from 80 mm² on: (2 + 3) / 6
+    assert table["AUC"].iloc[[0, 1, 3]].tolist() == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert np.isnan(table["AUC"].iloc[2]) and table["AUC from here"].iloc[1] == pytest.approx(5 / 6)
+    assert table["AUC from here"].iloc[0] == pytest.approx(6 / 9)
+    with pytest.raises(ValueError, match="study A slice 5"):
+        diagnostics.auc_by_lesion_area(pred, index.iloc[[0, 1, 2, 3, 4, 6]], "val")

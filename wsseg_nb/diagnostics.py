@@ -98,6 +98,42 @@ def level_auc(index: pd.DataFrame, split: str = "val", bins: int = 20) -> float:
     return float(roc_auc_score(labels[rows], rate[level[rows]]))
 
 
+AREA_BINS_MM2 = (0.0, 80.0, 320.0, 800.0, float("inf"))
+"""Lesion cross-section bins (mm²) of `auc_by_lesion_area`: 80 mm² = 5 demo pixels (4 mm), 320 = 20, 800 = 50."""
+
+
+def auc_by_lesion_area(pred: pd.DataFrame, index: pd.DataFrame, split: str = "val",
+                       bins: Sequence[float] = AREA_BINS_MM2) -> pd.DataFrame:
+    """Per bin of lesion cross-section: tumor slices, their median p, and the ROC AUC against every tumor-free slice.
+
+    `pred` holds (study_id, slice, split, label, prob) (classifier/predictions.csv), `index` the store index with
+    lesion_area_mm2. "AUC" scores the bin's tumor slices alone, "AUC from here" the bin's and all larger ones:
+    where the slice AUC is lost (notebook 02).
+    """
+    from sklearn.metrics import roc_auc_score
+
+    rows = pred[pred["split"] == split].merge(index[["study_id", "slice", "lesion_area_mm2"]], on=["study_id", "slice"],
+                                              how="left", validate="one_to_one")
+    if rows["lesion_area_mm2"].isna().any():
+        bad = rows[rows["lesion_area_mm2"].isna()].iloc[0]
+        raise ValueError(f"predictions: study {bad.study_id} slice {bad.slice} is not in the store index")
+    tumor, prob, area = rows["label"].to_numpy() > 0, rows["prob"].to_numpy(), rows["lesion_area_mm2"].to_numpy()
+    negative = prob[~tumor]
+
+    def auc(chosen: np.ndarray) -> float:
+        scores = np.concatenate([negative, prob[chosen]])
+        truth = np.r_[np.zeros(len(negative)), np.ones(int(chosen.sum()))]
+        return float(roc_auc_score(truth, scores)) if chosen.any() and len(negative) else float("nan")
+
+    table = []
+    for low, high in zip(bins[:-1], bins[1:]):
+        chosen = tumor & (area >= low) & (area < high)
+        table.append({"lesion area (mm²)": f"{low:g}–{high:g}", "tumor slices": int(chosen.sum()),
+                      "median p": float(np.median(prob[chosen])) if chosen.any() else float("nan"),
+                      "AUC": auc(chosen), "AUC from here": auc(tumor & (area >= low))})
+    return pd.DataFrame(table).set_index("lesion area (mm²)")
+
+
 def pointing(hits: np.ndarray, suvmax: np.ndarray, visible_suv: float = VISIBLE_SUV) -> dict[str, float]:
     """Share of tumor slices whose CAM peak cell holds lesion: all of them, and the visible ones (lesion SUV >= 3)."""
     hits, visible = np.asarray(hits, bool), np.asarray(suvmax) >= visible_suv

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -320,20 +320,23 @@ def tune_global_threshold(suv: np.ndarray, gt: np.ndarray, slice_study: Sequence
 
 def tune_with_gate(cams: Mapping[str, np.ndarray], data: GatedSlices, t_grid: Sequence[float],
                    q_grid: Sequence[float], gates: Sequence[float],
-                   floor_grid: Sequence[float] = (0.0,)) -> tuple[float, dict[str, Tuned], pd.DataFrame]:
+                   floor_grid: Sequence[float] = (0.0,),
+                   calls: Callable[[float], np.ndarray] | None = None) -> tuple[float, dict[str, Tuned], pd.DataFrame]:
     """One classifier threshold for the run and each method's (t, q, floor), tuned together on `data` (validation).
 
     The gate kept is the one whose methods reach the highest mean of their best median Dice; returns it, each
     method's grid search at that gate, and the table of best median Dice per gate and method (notebook 04).
     floor_grid (0,) is Algorithm 1 as printed; values > 0 are absolute SUV floors of the voxel cut (`algorithm1`).
+    calls(g): the rows called at gate g (bool per row; default p >= g).
     """
     prob = data.rows["prob"].to_numpy()
+    calls = calls or (lambda g: prob >= g)
     counts = {(m, f): algorithm1_counts(cam, data.suv, data.gt, t_grid, q_grid, desc=f"{m}, floor {f:g}", floor=f)
               for m, cam in cams.items() for f in floor_grid}
     grid = {"t": t_grid, "q": q_grid}
 
     def search(m: str, g: float) -> Tuned:
-        called = (prob >= g)[:, None, None]
+        called = calls(g)[:, None, None]
         return best_floor({f: tune(counts[m, f][0] * called, counts[m, f][1] * called, data.rows["study_id"],
                                    data.gt_total, grid) for f in floor_grid})
 
