@@ -147,7 +147,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "cam_batch": 128,
     "unet_width": 1 / 8,
     "unet_norm": "batch",
-    "unet_epochs": 36,
+    "unet_epochs": 48,
     "unet_batch": 8,
     "unet_lr": 2e-3,
     "unet_ema": 0.998,
@@ -324,15 +324,14 @@ statistics averaged too) trains the same weights (train loss identical digit for
 0.563 / 0.562, lower validation loss; the kept epoch scores 0.560 / 0.552 against 0.569 / 0.510. It lags the
 raw weights early (seed 1: 0.15 against 0.38 at epoch 12), so it pays only with the 24 epochs.
 
-unet_epochs 36 (session 20, AVX512-BF16 CPU in bf16, `python -m benchmarks.unet_seeds --run-dir RUN --seeds 0 1
---budgets 24 36 48 -p unet_epochs=48`, on the chain's store; validation per-study median Dice at the kept epoch):
-24 epochs 0.464 / 0.446 (seeds 0 / 1), 36 epochs 0.548 / 0.564, 48 epochs 0.626 / 0.682; seed 0's first 24 epochs
-are the chain's 24-epoch U-Net bit for bit. On the 78 held-out test-split studies outside the demo
-(`python -m benchmarks.holdout_probe`) seed 0 scores 0.441 at 24 epochs (below the maps with the SUV floor,
-0.45-0.50), 0.535 at 36 (the chain's U-Net) and 0.643 at 48 (MTV ICC 0.69 / 0.74 / 0.68). 48 epochs are not taken
-although they score higher: on a 2-core AVX2 CPU in float32 a U-Net epoch costs ~57 s, so 48 add ~23 min to the
-chain and would put CI (the chain runs once more under nbval; CI took 4,426-5,315 s of its 5,400 with a chain of
-that length) at risk of its limit; 36 add ~11 min.
+unet_epochs 48 (session 21; session 20 measured it and took 36): `python -m benchmarks.unet_seeds --run-dir RUN --seeds
+0 1 --budgets 24 36 48 -p unet_epochs=48` on the chain's store (AVX512-BF16 CPU in bf16), validation per-study median
+Dice at the kept epoch: 24 epochs 0.464 / 0.446 (seeds 0 / 1), 36 epochs 0.548 / 0.564, 48 epochs 0.626 / 0.682; on
+the 78 held-out test-split studies outside the demo (`python -m benchmarks.holdout_probe`) seed 0 scores 0.441 /
+0.535 / 0.643 at 24 / 36 / 48 epochs (MTV ICC 0.69 / 0.74 / 0.68). Session 20 stopped at 36 for CI time only (on a
+2-core AVX2 CPU in float32 a U-Net epoch costs ~57 s, so 12 more add ~11 min); CI then ran the 36-epoch chain in
+860 s in all, on a CPU with native bf16, so session 21 took 48 (~10.5 s per epoch there, ~2 min more). Demo test
+split, read once by session 21's chain: 0.663 (36 epochs: 0.63).
 
 CAM -> U-Net (session 6, issue 14): cam_unet_epochs 0 makes it opt-in in the demo (`-p cam_unet_epochs=12`). On a
 2-core AVX2 CPU without bf16 one U-Net epoch costs about 85 s (37 s with AVX512-BF16), so a second U-Net adds about
