@@ -246,6 +246,20 @@ summary.round(3)
 tplots.roc_and_confusion(val["label"], val["prob"]);
 
 # %% [markdown]
+# **Where the AUC is lost.** A slice counts as "tumor" when a single lesion voxel lies in it, and many do by a
+# little: the last slice of a lesion, where only its partial-volume rim is left, or a small metastasis. The table
+# splits the validation tumor slices by the area of their lesion cross-section and scores each group against
+# every tumor-free slice (`diagnostics.auc_by_lesion_area`; "AUC from here": that group and all larger ones).
+# 51 of the 272 tumor slices hold less than 80 mm² of lesion (five 4 mm pixels); the classifier gives them a
+# median $p$ of 0.29 and ranks them above a tumor-free slice with probability 0.72 only. Without them the AUC
+# would be 0.946, and on the slices with at least 320 mm² of lesion it is 0.97. The AUC target (0.95)
+# is lost on those smallest cross-sections, as the two missed slices of section 8 show: a few faint pixels are
+# no brighter than the slice's own physiology.
+
+# %%
+diagnostics.auc_by_lesion_area(pred, store.index, "val").round(3)
+
+# %% [markdown]
 # ## 7. Does the classifier look at the lesion? Stage diagnostics
 #
 # A good AUC is not enough: the slice's **body level** alone predicts "tumor" well in this cohort (lesions lie
