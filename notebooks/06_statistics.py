@@ -227,10 +227,10 @@ table1
 #   the same maps scored 0.55–0.58 (notebook 04), where the gate, $t$, $q$ and the SUV floor $f$ were chosen; test
 #   is 0.04–0.09 lower. The floor was adopted after scoring it on the 78 test-split studies outside the demo
 #   (`python -m benchmarks.holdout_probe`, README), where this classifier's maps reach 0.46 / 0.45 / 0.49 / 0.50
-#   with it and 0.31–0.32 without it: the 12 test studies here are in line, a little on the high side. (The
-#   previous run, without the floor, gave 0.29–0.32 on them.) Study by study no pair of maps differs (median paired
+#   with it and 0.31–0.32 without it: the 12 test studies here are in line, a little on the high side. (Without
+#   the floor, an earlier run gave 0.29–0.32 on them.) Study by study no pair of maps differs (median paired
 #   differences 0.000–0.009, p ≥ 0.28). The masks are compact: a median false-positive volume of 7.0–10.4 ml per
-#   study in 4.3–6.5 false-positive components (previous run: 49–62 ml in 87–131), at a lesion sensitivity of
+#   study in 4.3–6.5 false-positive components (without the floor: 49–62 ml in 87–131), at a lesion sensitivity of
 #   0.51–0.53: the strict gate ($p \ge 0.9$, recall 0.53 on the validation slices) leaves many lesion slices
 #   unmapped.
 # * **Against the threshold.** The global threshold (0.34, paper 0.29; 0.39 on validation, notebook 05) lies
@@ -238,7 +238,7 @@ table1
 #   0.12–0.19. Study by study the gap is smaller, since a median of differences is not a difference of medians:
 #   map − threshold is +0.023 (GradCAM++) to +0.044 (ScoreCAM). After Holm's correction CAM (+0.032, p = 0.003,
 #   Holm 0.041) and GradCAM (+0.029, p = 0.001, Holm 0.015) are significantly above it, the only two significant
-#   differences of the 15; GradCAM++ (p = 0.12) and ScoreCAM (p = 0.083) are not (Holm 1.0 and 0.85). Both run
+#   differences of the 15; GradCAM++ (p = 0.12) and ScoreCAM (p = 0.083) are not (Holm 0.99 and 0.83). Both run
 #   on the same gated slices (notebook 05) and differ only in the cut inside them: the threshold keeps more false
 #   volume (11.0 ml in 7.1 components per study) and misses more lesion (sensitivity 0.49, false-negative volume
 #   9.9 ml against 5.9–7.4).
@@ -246,50 +246,56 @@ table1
 #   0.78 (ScoreCAM), against the paper's 0.55–0.64: the target of 0.5 for CAM, GradCAM++ and ScoreCAM is met,
 #   each with p ≤ 0.002 (paper p < 0.001). With 12 studies the estimates are loose: the 95% intervals reach down
 #   to 0.43 (CAM), 0.33 (GradCAM++) and 0.41 (ScoreCAM), and on the 78 held-out studies the same maps reach
-#   0.43–0.53 (README). The threshold reaches 0.67 (paper 0.59). The previous run's −0.08 to −0.09 came from two
-#   test patients with diffuse muscle uptake, PETCT_0051 (lymphoma, 20 ml of tumour) and PETCT_0174 (lung cancer,
-#   8 ml), which got about 0.8 l of CAM mask each. The floor keeps that muscle out: CAM's mask of PETCT_0051 now
-#   holds 45 ml, 37 ml of it false positive in 20 components (section 4; previously 780 ml), and PETCT_0174's
-#   8 ml comes out at about 17 ml (read off Fig. 6). GradCAM++ and ScoreCAM, tuned to a lower floor (2.5 against
-#   3.0, notebook 04), keep more of PETCT_0051 (133 and 138 ml). The median |ΔMTV| of the maps is 12–17 ml (paper
-#   24–30), the signed median −9 to 0 ml. As in the paper the largest burden (445 ml) is underestimated, by every
-#   method, by about 200–240 ml (Bland–Altman plots); this one study moves each bias (−24 ml for CAM to −9 ml
-#   for GradCAM++) down by 17–20 ml. For TLG the maps reach 0.91–0.96 (paper 0.40–0.85), the threshold 0.95
-#   (paper 0.88).
+#   0.43–0.53 (README). The threshold reaches 0.67 (paper 0.59). Without the floor an earlier run's −0.08 to −0.09 came
+#   from two test patients with diffuse muscle uptake, PETCT_0051 (lymphoma, 20 ml of tumour) and PETCT_0174 (lung
+#   cancer, 8 ml), which got about 0.8 l of CAM mask each. The floor keeps that muscle out: CAM's mask of PETCT_0051
+#   holds 45 ml, 37 ml of it false positive in 20 components (section 4; 780 ml without it), and PETCT_0174's 8 ml comes
+#   out at about 17 ml (read off Fig. 6). GradCAM++ and ScoreCAM, tuned to a lower floor (2.5 against 3.0, notebook 04),
+#   keep more of PETCT_0051 (133 and 138 ml). The median |ΔMTV| of the maps is 12–17 ml (paper 24–30), the signed median
+#   −9 to 0 ml. As in the paper the largest burden (445 ml) is underestimated by every method: by about 200–240 ml by
+#   the maps and the threshold, by about 80 ml by the U-Net (Bland–Altman plots); this one study moves each map's bias
+#   (−24 ml for CAM to −9 ml for GradCAM++) down by 17–20 ml. For TLG the maps reach 0.91–0.96 (paper 0.40–0.85), the
+#   threshold 0.95 (paper 0.88).
 # * **No GradCAM gap.** GradCAM scores about as CAM (0.46 against 0.49; median paired difference CAM − GradCAM
 #   0.000, p = 0.73), not far below it as in the paper: with a global pool (max here, as average) and one FC layer
 #   GradCAM *is* ReLU(CAM) (notebook 03), so the paper's gap cannot appear. The two differ only in the
 #   normalisation (CAM's 0 is its most negative value, GradCAM's is 0), so each is tuned to its own $t$ (0.63 and
 #   0.28, both with $f = 3$, notebook 04).
-# * **The U-Net: first in the median, target of 0.65 missed.** It scores 0.63 (IQR 0.40; paper 0.72), the
-#   highest median of this run, 0.10 above the best map, with the highest lesion sensitivity (0.54) and the fewest
-#   false-positive components (3.2 per study, 7.1 ml). Study by study its lead is not established: map − U-Net
-#   is −0.036 to −0.050 (p = 0.064–0.23, Holm 0.77–1.0) and threshold − U-Net −0.106 (p = 0.009, Holm 0.12).
-#   (The previous run's U-Net, 0.59, was significantly above every other method, Holm $p$ 0.007, because the maps
-#   scored 0.29–0.32.) It scores 0.70 on lung cancer and 0.13 on PETCT_0051, where it finds 1 of the 3 lesions. The
-#   target of 0.65 is missed by 0.02; the limiting stage is its training length. The demo trains 36 epochs, and
-#   the kept epoch is the last (36 of 36, validation 0.548 at $p \ge 0.9$, notebook 05): validation was still
-#   rising. At 48 epochs it reached 0.626 / 0.682 on validation (seeds 0 / 1, `python -m benchmarks.unet_seeds`)
-#   and 0.64 on the 78 held-out studies (0.44 at 24); 48 were not taken because on a 2-core AVX2 CPU in float32,
-#   CI's kind, they add ~23 min to the chain and put CI near its 90-minute limit (36 add ~11 min). Its agreement
-#   is the best here: median |ΔMTV| 11 ml (paper 17 ml), MTV ICC 0.86 (paper 0.94; bias −25 ml, set by the
-#   largest burden), TLG ICC 0.96 (paper 0.99; median |ΔTLG| 49 g, paper 50 g).
+# * **The U-Net: first in the median, target of 0.65 met.** It scores 0.66 (IQR 0.38; paper 0.72), the highest
+#   median of this run, 0.13 above the best map, with the highest lesion sensitivity (0.78; the maps 0.51–0.53)
+#   and the smallest median false-negative volume (0.38 ml), but the most false-positive components (11.1 per
+#   study, at a median false volume of 9.4 ml). Study by study its lead is not established: map − U-Net is
+#   −0.136 to −0.152 (p = 0.064–0.11, Holm 0.77–0.99) and threshold − U-Net −0.175 (p = 0.007, Holm 0.089).
+#   (Without the floor, an earlier run's U-Net, 0.59, was significantly above every other method, Holm $p$ 0.007,
+#   because the maps scored 0.29–0.32.) It scores 0.73 on lung cancer, but 0.04 on PETCT_0051 and PETCT_0174, the
+#   two patients with diffuse muscle uptake: it finds their lesions (all 3 of PETCT_0051's) and takes the muscle
+#   with them, about 0.2 l too much in each (Fig. 6), 238 ml of false positive in 48 components on PETCT_0051
+#   (section 4). The demo trains 48 epochs, and the kept epoch is again the last (48 of 48, validation 0.626 at
+#   $p \ge 0.8$, notebook 05): validation was still rising, so training length still limits it. On two seeds 48
+#   epochs reach 0.626 / 0.682 on validation (`python -m benchmarks.unet_seeds`), and seed 0 reaches 0.64 on the
+#   78 held-out studies (0.44 at 24 epochs, 0.54 at 36). The previous run stopped at 36 (validation 0.548, test
+#   0.63) because on CI's then 2-core AVX2 CPU in float32 48 epochs would have added ~23 min to the chain (36 add
+#   ~11 min); the 12 more epochs bought +0.03 on test. They did not buy agreement: median |ΔMTV| 13 ml (paper
+#   17 ml), but MTV ICC 0.72 (paper 0.94; previous run 0.86), below every map, with a bias of +33 ml. Both are set
+#   by the two muscle-uptake patients (the two points near +0.2 l in the Bland–Altman plot), while the largest
+#   burden is underestimated by only about 80 ml. TLG ICC 0.93 (paper 0.99; median |ΔTLG| 79 g, paper 50 g).
 # * **The limiting stages** (notebooks 02, 04 and 05). For the maps, on validation: a perfect CAM region of 32 mm
 #   cells would allow 0.75 with the floor (the ceiling); the maps reach 0.66–0.69 on exactly the tumorous slices
 #   and 0.55–0.58 behind the gate ($p \ge 0.9$: 169 slices called, precision 0.85, recall 0.53), so the gate
 #   costs 0.08–0.14 and the maps 0.06–0.09. On test the classifier separates the slices less well (AUC 0.853
 #   against 0.904 on validation, notebook 02; 142 test slices called, notebook 05), and the maps fall 0.04–0.09
-#   below their validation Dice. For the U-Net: its training length (above). For the MTV agreement of every
-#   method: the largest burden, underestimated by about half.
+#   below their validation Dice. For the U-Net: its training length, and on test the muscle uptake of two patients
+#   (above). For the MTV agreement of the maps and the threshold: the largest burden, underestimated by about half;
+#   for the U-Net's: those two patients.
 
 # %% [markdown]
 # ## 8. By diagnosis
 #
 # Lymphoma lesions are large and avid, melanoma metastases small and faint; the mix of diagnoses in a test set moves
-# every median. Here every method scores best on lung cancer (maps 0.61–0.65, threshold 0.49, U-Net 0.70; 6
+# every median. Here every method scores best on lung cancer (maps 0.61–0.65, threshold 0.49, U-Net 0.73; 6
 # studies). The maps and the threshold score worst on melanoma (4 studies: 0.22–0.23 and 0.21), where the U-Net
-# keeps 0.41, its clearest lead. On lymphoma (only 2 studies, one of them PETCT_0051) the medians are 0.43–0.49
-# for the maps, 0.46 for the threshold and 0.40 for the U-Net, its lowest. Note the small groups: the legend gives
+# keeps 0.48, its clearest lead. On lymphoma (only 2 studies, one of them PETCT_0051) the medians are 0.43–0.49
+# for the maps, 0.46 for the threshold and 0.38 for the U-Net, its lowest. Note the small groups: the legend gives
 # each n. The right panel shows the median false-positive volume on lesion-free studies, what each method segments
 # where there is nothing; this test split has none (n = 0), so the panel is empty, as is the summary's
 # `negatives_fp_volume_ml_median` column (NaN).
@@ -385,8 +391,8 @@ print(f"U-Net, {n_u} studies with lesions: mean difference d = {d_bar:.1f} ml; M
 # stays the same. With two raters $MS_C = n\,\bar d^2 / 2$, $\bar d$ the mean difference estimate − truth;
 # the shift makes it $n(\bar d + 20)^2/2$. That grows only when $\bar d > -10$ ml (by $n \cdot 20^2/2$ exactly
 # when $\bar d = 0$), and then ICC(2,1) drops; for a method that under-estimates by more than 10 ml the same
-# shift would *raise* it. The printed $\bar d$ says which case this run's U-Net is in: $\bar d$ = −24.9 ml, an
-# under-estimate by more than 10 ml, so $MS_C$ shrinks (3,728 → 146) and ICC(2,1) rises (0.856 → 0.878), while
+# shift would *raise* it. The printed $\bar d$ says which case this run's U-Net is in: $\bar d$ = 33.3 ml, an
+# over-estimate (above −10 ml), so $MS_C$ grows (6,649 → 17,038) and ICC(2,1) drops (0.723 → 0.685), while
 # ICC(3,1) does not move. The paper's choice penalises a systematic offset, whichever way it points.
 #
 # **3. 6- vs 18-connectivity.** How does the false-positive volume of GradCAM change with face-only
