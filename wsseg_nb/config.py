@@ -294,6 +294,12 @@ Session 9's classifier (cam_align 'flip', kept epoch 11; p >= 0.5 calls 511 val 
 corner of the (t, q) grid. Session 15's classifier (kept epoch 23) tunes to 0.8 (precision 0.68, recall 0.63; val
 Dice 0.32-0.34); see floor_grid for what a floor searched with it did to the gate.
 
+No hysteresis gate along z (session 21, AVX512-BF16; `python -m benchmarks.holdout_probe --run-dir RUN --out DIR
+--lows 0.5 0.7`: also the slices at p >= L z-connected to a called one, with the floor searched, every parameter on
+validation). Validation rose on seed 0 (0.55-0.58 -> 0.60-0.62 at L = 0.5) and fell on seed 1 (0.46-0.54 -> 0.41-0.43;
+L = 0.7 equal); on the 78 held-out studies the paired median change against the floor alone was -0.001..+0.008
+(seed 0) and -0.022..+0.025 (seed 1): noise, as session 17 found without the floor (+0.01-0.02 on validation).
+
 U-Net (session 4, bf16, seed 0, validation): 10 epochs left it under-trained (per-study median Dice 0.14, false
 positives on the brain, bladder and kidneys: 382 ml per study). 24 epochs at the constant lr: best epoch by pooled
 Dice 24 (pooled 0.54), per-study median 0.40, FP 83 ml, but 24 epochs do not fit the 15-minute chain (~16 min).
@@ -342,6 +348,9 @@ CAM needs one forward pass per training slice (ScoreCAM: K masked passes). cam_u
 With the SUV floor (session 20, AVX512-BF16, `python -m wsseg_nb run --only 05 06 -p cam_unet_epochs=36` on a copy of
 the chain's run): pseudo-labels median Dice 0.47 on the 30 training studies, the CAM -> U-Net validation 0.28 (kept
 epoch 36 of 36; 0.09 / 0.22 at 12 / 24), test 0.29 against the maps' 0.46-0.53; 05 took 622 s instead of 409.
+Session 21 (48 U-Net epochs, same classifier; `-p cam_unet_epochs=48 -p cam_unet_gate=classifier` on a copy):
+458 of 726 training tumor slices kept, pseudo-label voxel precision 0.83 / recall 0.41 (labels' gate 0.63 / 0.38),
+validation 0.29 at epoch 48, test 0.35 with a median false volume of 38 ml per study: still far below 0.60.
 
 cls_ct_dropout stays 0 (session 8, `python -m benchmarks.classifier_seeds -p cls_ct_dropout=0.5`, AVX2 fp32, the
 same store). Without it seed 1's CAM peak left the lesions as its val AUC rose (visible pointing 0.88 at epoch 5,
