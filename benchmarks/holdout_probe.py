@@ -106,10 +106,17 @@ def score(data: segment.GatedSlices, out: Path, sets: dict, methods: list[str], 
 
 def score_unet(run: runs.Run, store: slices.SliceStore, out: Path, voxel_ml: float,
                folder: str = "unet") -> pd.DataFrame:
-    """Per study: Dice and MTV of a U-Net of the run (<folder>/best.pt at its validation threshold) on the store."""
+    """Per study: Dice and MTV of a U-Net of the run (<folder>/best.pt at its validation threshold) on the store.
+
+    The CAM -> U-Net's masks cover only the slices the run's classifier calls at its gate (`cam_unet_gated`)."""
     c, unet = run.config, train.load_unet(run, "best", folder=folder)
     threshold = train.unet_threshold(run.dir / folder / "best.pt")
-    train.predict_unet_masks(unet, store, out, ("test",), c.cam_batch, run.device, threshold, method=folder)
+    called = None
+    if folder == pseudo.FOLDER and c.cam_unet_gated:
+        pred = train.predict_classifier(train.load_classifier(run), store, ("test",), c.cam_batch, run.device)
+        called = pred[pred["prob"] >= segment.read_gate(run.dir)]
+    train.predict_unet_masks(unet, store, out, ("test",), c.cam_batch, run.device, threshold, method=folder,
+                             called=called)
     rows = []
     for sid, pred in segment.load_study_masks(out, folder).items():
         truth = store.study(sid).mask.astype(bool)

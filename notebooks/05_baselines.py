@@ -221,10 +221,11 @@ print(f"{len(studies)} studies written to masks/unet/")
 # cuts a mask in every *training* slice whose weak label is "tumor" (with `cam_unet_gate="classifier"` only in
 # those the classifier also calls, the slices $t$ and $q$ were tuned on; the others are left out of training);
 # tumor-free slices get an empty mask. A U-Net with the supervised baseline's loop, loss, augmentation and settings
-# learns from those masks. No voxel label of a training study is used; validation scores against the validation
-# studies' lesion masks, as it does for every other method's $t$, $q$, gate and epoch. When it runs, two stages
-# give two numbers: the pseudo-labels against the truth on the training studies (first cell below), then the
-# U-Net's masks (`masks/cam_unet/`), scored on the test studies in notebook 06.
+# learns from those masks. Its masks, like Algorithm 1's, cover only the slices the classifier calls at the tuned
+# gate (`cam_unet_gated`; line 1 of Algorithm 1). No voxel label of a training study is used; validation scores
+# against the validation studies' lesion masks, as it does for every other method's $t$, $q$, gate and epoch.
+# When it runs, two stages give two numbers: the pseudo-labels against the truth on the training studies (first
+# cell below), then the U-Net's masks (`masks/cam_unet/`), scored on the test studies in notebook 06.
 #
 # The demo leaves it off (`cam_unet_epochs = 0`): a second U-Net is a second training run (the README: about 18 min
 # more for 12 epochs on a 2-core CPU that trains in fp32). So the cells below print that it was skipped and write
@@ -279,8 +280,9 @@ if cfg.cam_unet_epochs:
     cam_probs = train.predict_logits(cam_unet, data.store, test_rows.index.to_numpy(), cfg.cam_batch, run.device)
     tplots.prediction_vs_truth(x, truth, torch.sigmoid(cam_probs[:, 0]).numpy() >= cam_threshold, titles);
     studies = train.predict_unet_masks(cam_unet, data.store, run.dir, ("val", "test"), cfg.cam_batch, run.device,
-                                       cam_threshold, method="cam_unet")
-    print(f"{len(studies)} studies written to masks/cam_unet/")
+                                       cam_threshold, method="cam_unet", called=data.rows if cfg.cam_unet_gated else None)
+    print(f"{len(studies)} studies written to masks/cam_unet/"
+          + (f" (masks on the {len(data.rows)} slices at p >= {gate} only)" if cfg.cam_unet_gated else ""))
 
 # %% [markdown]
 # ## Summary

@@ -84,8 +84,9 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> dict:
     (run_dir / "classifier").mkdir()
     torch.save({"model": model.state_dict(), "metrics": {"val_cam_shift_y": 1.5, "val_cam_shift_x": -2.0}},
                run_dir / "classifier" / "best.pt")  # a displacement notebook 02 measured: the maps move back by it
-    torch.save({"model": _unet(config, store).state_dict(), "metrics": {"val_threshold": UNET_P}},
-               run.path("unet", "best.pt"))  # the operating threshold notebook 05 tuned on validation
+    for folder in ("unet", "cam_unet"):  # the same net stands in for the CAM -> U-Net (gated: cam_unet_gated)
+        torch.save({"model": _unet(config, store).state_dict(), "metrics": {"val_threshold": UNET_P}},
+                   run.path(folder, "best.pt"))  # the operating threshold notebook 05 tuned on validation
     # notebook 02: predictions; 03: maps of the gated slices; 04: gate and (t, q) tuned, masks
     train.write_classifier_predictions(run, train.load_classifier(run))
     predictions = pd.read_csv(run_dir / "classifier" / "predictions.csv", dtype={"study_id": str})
@@ -106,9 +107,13 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> dict:
     train.predict_unet_masks(train.load_unet(run), store, run_dir, ("val",), config.cam_batch, "cpu",
                              train.unet_threshold(run_dir / "unet" / "best.pt"))
     masks["unet"] = segment.load_study_masks(run_dir, "unet")[row["study_id"]]
+    train.predict_unet_masks(train.load_unet(run, folder="cam_unet"), store, run_dir, ("val",), config.cam_batch,
+                             "cpu", UNET_P, method="cam_unet", called=data.at_gate(gate).rows)
+    masks["cam-unet"] = segment.load_study_masks(run_dir, "cam_unet")[row["study_id"]]
     files = infer.study_files(row["ct_path"], row["pet_path"], weight_kg=row["weight_kg"],
                               activity_mbq=row["injected_activity_mbq"], delay_s=row["injection_to_scan_s"])
     return {"run_dir": run_dir, "row": row, "files": files, "store": store, "masks": masks, "gate": gate,
+            "called": data.at_gate(gate).rows["slice"].to_numpy(),
             "tuned": tuned, "root": root}
 
 
@@ -126,7 +131,7 @@ def segmented(chain: dict, tmp_path_factory: pytest.TempPathFactory) -> Callable
     return run
 
 
-@pytest.mark.parametrize("method", ["cam", "gradcampp", "unet"])
+@pytest.mark.parametrize("method", ["cam", "gradcampp", "unet", "cam-unet"])
 def test_mask_on_ct_grid_equals_the_chain(chain: dict, segmented: Callable[[str], tuple], method: str) -> None:
     mask, affine, record, out = segmented(method)
     ct = nib.load(chain["row"]["ct_path"])
@@ -142,11 +147,18 @@ def test_mask_on_ct_grid_equals_the_chain(chain: dict, segmented: Callable[[str]
     assert chain_mask.sum() > 100  # the comparison is about a real mask, not two empty ones
     np.testing.assert_array_equal(back, chain_mask)
     assert metrics.dice(back, truth) == pytest.approx(metrics.dice(chain_mask, truth), abs=1e-6)
-    if method != "unet":
+    if method in ("cam", "gradcampp"):
         assert metrics.dice(chain_mask, truth) > 0.01
         assert ((record["gate"], record["t"], record["q"], record["floor"])
                 == (chain["gate"], *chain["tuned"][method].params.values()))
-        assert 0 < record["slices_called"] < record["slices"] == grid["shape"][0]
+    if method != "unet":  # behind the classifier's gate: only the slices it calls can hold mask
+        assert record["gate"] == chain["gate"] and 0 < record["slices_called"] < record["slices"] == grid["shape"][0]
+    if method == "cam-unet":  # the same net as the U-Net: its mask on the called slices, nothing elsewhere
+        called = np.zeros(grid["shape"][0], bool)
+        called[chain["called"]] = True
+        gated, full = chain["masks"]["cam-unet"], chain["masks"]["unet"]
+        assert not gated[~called].any() and 0 < gated.sum() < full.sum()
+        assert (gated[called] != full[called]).mean() < 1e-3  # batches of other sizes may round a pixel otherwise
 
 
 def test_report_numbers_are_those_of_the_written_mask(chain: dict, segmented: Callable[[str], tuple]) -> None:
@@ -255,12 +267,17 @@ def test_missing_run_artifacts_are_named(chain: dict, tmp_path: Path, keep: tupl
     assert not out.exists()
 
 
-def test_cam_unet_runs_when_its_checkpoint_exists(chain: dict, segmented: Callable[[str], tuple],
-                                                  tmp_path: Path) -> None:
+def test_cam_unet_needs_the_gate_unless_ungated(chain: dict, segmented: Callable[[str], tuple],
+                                                tmp_path: Path) -> None:
     run_dir = _partial_run(chain, tmp_path, "run.json", "unet/best.pt")
     (run_dir / "cam_unet").mkdir()
     shutil.copy(run_dir / "unet" / "best.pt", run_dir / "cam_unet" / "best.pt")
-    mask = infer.segment_study(run_dir, chain["files"], "cam-unet")[0]
+    with pytest.raises(InputError, match="file segment/thresholds.json not found; it is written by notebook 04"):
+        infer.segment_study(run_dir, chain["files"], "cam-unet")  # cam_unet_gated: the gate comes from notebook 04
+    record = json.loads((run_dir / "run.json").read_text())
+    record["config"]["cam_unet_gated"] = False
+    (run_dir / "run.json").write_text(json.dumps(record))
+    mask = infer.segment_study(run_dir, chain["files"], "cam-unet")[0]  # ungated: the same net is the U-Net
     np.testing.assert_array_equal(mask, segmented("unet")[0])
 
 

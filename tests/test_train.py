@@ -293,6 +293,12 @@ def test_predictions_and_unet_mask_files(tmp_path: Path) -> None:
     with np.load(tmp_path / "masks" / "unet" / "C.npz") as f:
         assert f["mask"].dtype == bool and f["mask"].shape == (4, SIZE, SIZE)
         assert np.array_equal(f["mask"], expected_mask)
+    called = pd.DataFrame({"study_id": ["C", "C"], "slice": [1, 2]})  # behind a gate: B has no slice called
+    train.predict_unet_masks(unet, store, tmp_path, ("val", "test"), batch=3, method="gated", called=called)
+    with np.load(tmp_path / "masks" / "gated" / "C.npz") as f, np.load(tmp_path / "masks" / "gated" / "B.npz") as b:
+        assert np.array_equal(f["mask"][1:3], expected_mask[1:3]) and not f["mask"][[0, 3]].any()
+        assert b["mask"].shape == (4, SIZE, SIZE) and not b["mask"].any()
+    assert expected_mask[1:3].any()  # the comparison is about a real mask
 
 
 def test_best_epoch_maximises_the_product_of_the_select_columns(tmp_path: Path) -> None:

@@ -106,6 +106,8 @@ class Config:
     cam_unet_epochs: int = _p(200, "as unet_epochs (Sec. 2.3.3); 0 skips the CAM -> U-Net")
     cam_unet_gate: str = _p("labels", "training slices pseudo-labelled: every slice labelled tumorous; 'classifier': "
                                       "only those the classifier also calls (p >= the tuned gate), the rest left out")
+    cam_unet_gated: bool = _p(True, "its masks only on the slices the classifier calls (Alg. 1 line 1, the run's tuned "
+                                    "gate; session 21: val 0.29 -> 0.44); False: on every slice, as the supervised U-Net")
     unet_threshold_grid: tuple[float, ...] = _p((0.5,), "Sec. 2.3.2: the mask is p >= 0.5; more values: the operating "
                                                         "threshold tuned on validation (per-study Dice, kept epoch)")
     # --- run ---

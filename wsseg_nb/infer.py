@@ -216,19 +216,25 @@ def store_mask(run: Any, prepared: Prepared, method: str, params: dict[str, Any]
     from .segment import algorithm1
 
     c, positions = run.config, np.arange(len(prepared.x))
+    mask = np.zeros((len(prepared.x), *prepared.x.shape[-2:]), dtype=bool)
+    called = positions
+    if "gate" in params:  # a CAM method, or the CAM -> U-Net behind the gate: Algorithm 1, line 1
+        with as_input_error():
+            classifier = train.load_classifier(run)
+        prob = torch.sigmoid(train.predict_logits(classifier, prepared, positions, c.cam_batch, run.device,
+                                                  desc="classifier")).numpy()
+        called = np.flatnonzero(prob >= params["gate"])
     if method in UNET_DIRS:
         with as_input_error():
             model = train._load(train.unet_model(c), params["checkpoint"], run.device)
             threshold = train.unet_threshold(params["checkpoint"])
-        logits = train.predict_logits(model, prepared, positions, c.cam_batch, run.device, desc="U-Net")
-        cut = float(torch.logit(torch.tensor(threshold, dtype=torch.float64)))
-        return (logits[:, 0] >= cut).numpy(), {"threshold_p": threshold, "checkpoint": str(params["checkpoint"])}
-    with as_input_error():
-        model = train.load_classifier(run)
-    prob = torch.sigmoid(train.predict_logits(model, prepared, positions, c.cam_batch, run.device,
-                                              desc="classifier")).numpy()
-    called = np.flatnonzero(prob >= params["gate"])
-    mask = np.zeros((len(prepared.x), *prepared.x.shape[-2:]), dtype=bool)
+        record = {**params, "threshold_p": threshold, "checkpoint": str(params["checkpoint"])}
+        if len(called):
+            logits = train.predict_logits(model, prepared, called, c.cam_batch, run.device, desc="U-Net")
+            cut = float(torch.logit(torch.tensor(threshold, dtype=torch.float64)))
+            mask[called] = (logits[:, 0] >= cut).numpy()
+        return mask, {**record, "slices_called": int(len(called)), "slices": int(len(prepared.x))}
+    model = classifier
     if len(called):
         maps = cam.cams_for_slices(model, prepared, called, [method], batch_size=c.cam_batch, device=run.device,
                                    topk=c.scorecam_topk, shift=train.cam_shift(run))[method]  # float16, as nb 03
@@ -242,7 +248,15 @@ def method_inputs(run_dir: Path, method: str) -> dict[str, Any]:
     if method not in METHODS:
         raise InputError(f"--method {method!r}: expected one of {list(METHODS)}")
     if method in UNET_DIRS:
-        return {"checkpoint": unet_checkpoint(run_dir, method)}
+        params = {"checkpoint": unet_checkpoint(run_dir, method)}
+        if method == "cam-unet" and run_config(run_dir).cam_unet_gated:
+            from .segment import read_gate
+
+            require_artifact(run_dir, "segment/thresholds.json")
+            require_artifact(run_dir, "classifier/best.pt")
+            with as_input_error():
+                params["gate"] = read_gate(run_dir)
+        return params
     params = method_params(run_dir, method)
     require_artifact(run_dir, "classifier/best.pt")
     return params

@@ -638,9 +638,13 @@ def predict_classifier(model: VGG16CAM, store: SliceStore | str | os.PathLike[st
 
 
 def predict_unet_masks(model: UNet, store: SliceStore | str | os.PathLike[str], run_dir: str | os.PathLike[str],
-                       splits: Sequence[str] = ("val", "test"), batch: int = 64,
-                       device: torch.device | str = "cpu", threshold: float = 0.5, method: str = "unet") -> list[str]:
-    """U-Net masks (p >= threshold) of every study of the splits, one file per study in masks/<method>/ (nb 05)."""
+                       splits: Sequence[str] = ("val", "test"), batch: int = 64, device: torch.device | str = "cpu",
+                       threshold: float = 0.5, method: str = "unet", called: pd.DataFrame | None = None) -> list[str]:
+    """U-Net masks (p >= threshold) of every study of the splits, one file per study in masks/<method>/ (nb 05).
+
+    called: the (study_id, slice) rows a mask may cover (the CAM -> U-Net behind the classifier's gate); the other
+    slices are not predicted and stay empty. None: every slice.
+    """
     from .segment import save_study_masks
     from .slices import assemble
 
@@ -648,11 +652,17 @@ def predict_unet_masks(model: UNet, store: SliceStore | str | os.PathLike[str], 
     index = store.index.reset_index(drop=True)
     rows = index[index["split"].isin(splits)]
     studies = list(dict.fromkeys(rows["study_id"]))
+    if called is not None:
+        keys = pd.MultiIndex.from_frame(called[["study_id", "slice"]])
+        rows = rows[pd.MultiIndex.from_frame(rows[["study_id", "slice"]]).isin(keys)]
     cut = float(torch.logit(torch.tensor(threshold, dtype=torch.float64)))
     for sid in progress(studies, desc="U-Net masks"):
         sel = rows[rows["study_id"] == sid]
-        logits = predict_logits(model, store, sel.index.to_numpy(), batch, torch.device(device), desc=None)
-        mask = assemble(store, sid, sel["slice"].to_numpy(), (logits[:, 0] >= cut).numpy())
+        if sel.empty:  # no slice called: an empty mask
+            mask = np.zeros(store.volume_grid(sid)["shape"], dtype=bool)
+        else:
+            logits = predict_logits(model, store, sel.index.to_numpy(), batch, torch.device(device), desc=None)
+            mask = assemble(store, sid, sel["slice"].to_numpy(), (logits[:, 0] >= cut).numpy())
         save_study_masks(run_dir, method, {sid: mask})
     return studies
 
