@@ -352,7 +352,9 @@ the chain's run): pseudo-labels median Dice 0.47 on the 30 training studies, the
 epoch 36 of 36; 0.09 / 0.22 at 12 / 24), test 0.29 against the maps' 0.46-0.53; 05 took 622 s instead of 409.
 Session 21 (48 U-Net epochs, same classifier; `-p cam_unet_epochs=48 -p cam_unet_gate=classifier` on a copy):
 458 of 726 training tumor slices kept, pseudo-label voxel precision 0.83 / recall 0.41 (labels' gate 0.63 / 0.38),
-validation 0.29 at epoch 48, test 0.35 with a median false volume of 38 ml per study: still far below 0.60.
+validation 0.29 at epoch 48, test 0.35 with a median false volume of 38 ml per study; its masks behind the run's
+gate (p >= 0.9, as Algorithm 1's; cam_unet_gated, the default since): validation 0.44, test 0.43 (false volume
+4.5 ml, MTV ICC 0.67), level with the maps (Holm 1.0) and still short of 0.60.
 
 cls_ct_dropout stays 0 (session 8, `python -m benchmarks.classifier_seeds -p cls_ct_dropout=0.5`, AVX2 fp32, the
 same store). Without it seed 1's CAM peak left the lesions as its val AUC rose (visible pointing 0.88 at epoch 5,
