@@ -354,7 +354,8 @@ Session 21 (48 U-Net epochs, same classifier; `-p cam_unet_epochs=48 -p cam_unet
 458 of 726 training tumor slices kept, pseudo-label voxel precision 0.83 / recall 0.41 (labels' gate 0.63 / 0.38),
 validation 0.29 at epoch 48, test 0.35 with a median false volume of 38 ml per study; its masks behind the run's
 gate (p >= 0.9, as Algorithm 1's; cam_unet_gated, the default since): validation 0.44, test 0.43 (false volume
-4.5 ml, MTV ICC 0.67), level with the maps (Holm 1.0) and still short of 0.60.
+4.5 ml, MTV ICC 0.67), level with the maps (Holm 1.0) and still short of 0.60; on the 78 held-out studies 0.40
+(maps 0.45-0.50, U-Net 0.64).
 
 cls_ct_dropout stays 0 (session 8, `python -m benchmarks.classifier_seeds -p cls_ct_dropout=0.5`, AVX2 fp32, the
 same store). Without it seed 1's CAM peak left the lesions as its val AUC rose (visible pointing 0.88 at epoch 5,
