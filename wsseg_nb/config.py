@@ -158,7 +158,6 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "cls_val_stride": 4,
     "unet_select": "val_study_dice",
     "unet_threshold_grid": (0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
-    "cam_unet_method": "cam",
     "cam_unet_epochs": 0,
     "cam_align": "flip",
     "vgg_init": "lsuv",
@@ -343,8 +342,9 @@ split, read once by session 21's chain: 0.663 (36 epochs: 0.63).
 
 CAM -> U-Net (session 6, issue 14): cam_unet_epochs 0 makes it opt-in in the demo (`-p cam_unet_epochs=12`). On a
 2-core AVX2 CPU without bf16 one U-Net epoch costs about 85 s (37 s with AVX512-BF16), so a second U-Net adds about
-18 min to the chain there, past its 15-minute budget. cam_unet_method 'cam': the four maps tie on the demo's validation (0.37-0.38) and
-CAM needs one forward pass per training slice (ScoreCAM: K masked passes). cam_unet_gate 'labels': 'classifier'
+18 min to the chain there, past its 15-minute budget. cam_unet_method was 'cam' until session 21 (below): the four
+maps tied on the demo's validation (0.37-0.38) and CAM needs one forward pass per training slice (ScoreCAM: K masked
+passes). cam_unet_gate 'labels': 'classifier'
 (only label-tumorous slices the classifier calls, the rest left out) gave more precise pseudo-labels (voxel precision
 0.60 vs 0.10) but 262 tumor slices instead of 726, and test Dice 0.27 vs 0.33 (val 0.33 vs 0.37): rejected.
 With the SUV floor (session 20, AVX512-BF16, `python -m wsseg_nb run --only 05 06 -p cam_unet_epochs=36` on a copy of
@@ -356,6 +356,12 @@ validation 0.29 at epoch 48, test 0.35 with a median false volume of 38 ml per s
 gate (p >= 0.9, as Algorithm 1's; cam_unet_gated, the default since): validation 0.44, test 0.43 (false volume
 4.5 ml, MTV ICC 0.67), level with the maps (Holm 1.0) and still short of 0.60; on the 78 held-out studies 0.40
 (maps 0.45-0.50, U-Net 0.64).
+cam_unet_method 'scorecam' since session 21 (the profile's default, the paper's best map; 'cam' before): with the
+labels' gate, 48 epochs and gated masks (`-p cam_unet_epochs=48 [-p cam_unet_method=cam]` on copies of the chain's
+run), ScoreCAM's pseudo-labels score median Dice 0.55 on the training studies against CAM's 0.47, the CAM -> U-Net
+validation 0.485 against 0.500 (12 studies: a tie), test 0.51 against 0.44, and on the 78 held-out studies
+(`benchmarks.holdout_probe`) 0.466 against 0.383 (MTV ICC 0.46 against 0.31): judged there. Its pseudo-labels
+cost no more time here (notebook 05: 537 s against 534 s with 48 epochs; top-8 ScoreCAM on 726 training slices).
 
 cls_ct_dropout stays 0 (session 8, `python -m benchmarks.classifier_seeds -p cls_ct_dropout=0.5`, AVX2 fp32, the
 same store). Without it seed 1's CAM peak left the lesions as its val AUC rose (visible pointing 0.88 at epoch 5,
