@@ -18,8 +18,8 @@ them, its U-Net and its CAM -> U-Net, each at its validation threshold):
   p >= the gate, and those at p >= L z-connected to them); session 21, rejected (README).
 
 It prints the median per-study Dice per set and method, the gate's precision and recall on these studies, the
-ICC(A,1) of MTV and a paired Wilcoxon test of each set against no floor (and each hysteresis set against floor); writes OUT/holdout_dice.csv (one row per
-study, set and method).
+ICC(A,1) of MTV and a paired Wilcoxon test of each set against no floor (each hysteresis set against floor);
+writes OUT/holdout_dice.csv (one row per study, set and method).
 Nothing in the run directory is written.
 """
 from __future__ import annotations
@@ -104,17 +104,16 @@ def score(data: segment.GatedSlices, out: Path, sets: dict, methods: list[str], 
     return pd.concat(frames, ignore_index=True)
 
 
-def score_unet(run: runs.Run, store: slices.SliceStore, out: Path, voxel_ml: float,
+def score_unet(run: runs.Run, store: slices.SliceStore, out: Path, voxel_ml: float, pred: pd.DataFrame | None,
                folder: str = "unet") -> pd.DataFrame:
     """Per study: Dice and MTV of a U-Net of the run (<folder>/best.pt at its validation threshold) on the store.
 
-    The CAM -> U-Net's masks cover only the slices the run's classifier calls at its gate (`cam_unet_gated`)."""
+    pred: the classifier's held-out predictions; the CAM -> U-Net's masks cover only the slices it calls at the run's
+    gate (`cam_unet_gated`)."""
     c, unet = run.config, train.load_unet(run, "best", folder=folder)
     threshold = train.unet_threshold(run.dir / folder / "best.pt")
-    called = None
-    if folder == pseudo.FOLDER and c.cam_unet_gated:
-        pred = train.predict_classifier(train.load_classifier(run), store, ("test",), c.cam_batch, run.device)
-        called = pred[pred["prob"] >= segment.read_gate(run.dir)]
+    gated = folder == pseudo.FOLDER and c.cam_unet_gated
+    called = pred[pred["prob"] >= segment.read_gate(run.dir)] if gated else None
     train.predict_unet_masks(unet, store, out, ("test",), c.cam_batch, run.device, threshold, method=folder,
                              called=called)
     rows = []
@@ -125,13 +124,13 @@ def score_unet(run: runs.Run, store: slices.SliceStore, out: Path, voxel_ml: flo
     return pd.DataFrame(rows)
 
 
-def score_maps(run: runs.Run, store: slices.SliceStore, out: Path, floors: list[float],
-               lows: list[float]) -> pd.DataFrame:
-    """Predict and map the held-out slices with the run's classifier, score every parameter set; print the gates."""
+def score_maps(run: runs.Run, store: slices.SliceStore, out: Path, floors: list[float], lows: list[float],
+               pred: pd.DataFrame) -> pd.DataFrame:
+    """Map the held-out slices (`pred`: the classifier's predictions) with the run's classifier, score every parameter
+    set; print the gates."""
     c = run.config
     sets = parameter_sets(run, floors, lows)
     model = train.load_classifier(run)
-    pred = train.predict_classifier(model, store, ("test",), c.cam_batch, run.device)
     lowest = min(low if low is not None else gate for gate, low, _ in sets.values())
     gated = cam.gated_rows(pred, store.index, lowest)
     maps = cam.cams_for_slices(model, store, gated["position"].to_numpy(), c.cam_methods, batch_size=c.cam_batch,
@@ -188,10 +187,12 @@ def main() -> None:
     rows = holdout_rows(MANIFEST, args.studies)
     print(f"{len(rows)} held-out studies: {rows['diagnosis'].value_counts().to_dict()}")
     store = build_store(rows, args.out, run)
+    pred = (train.predict_classifier(train.load_classifier(run), store, ("test",), run.config.cam_batch, run.device)
+            if (args.run_dir / "classifier" / "best.pt").exists() else None)  # read by the maps and the CAM -> U-Net
     parts = []
     if has_maps:
-        parts.append(score_maps(run, store, args.out, sorted(args.floors), args.lows))
-    parts += [score_unet(run, store, args.out, metrics.voxel_volume_ml(run.config.spacing_mm), f) for f in unets]
+        parts.append(score_maps(run, store, args.out, sorted(args.floors), args.lows, pred))
+    parts += [score_unet(run, store, args.out, metrics.voxel_volume_ml(run.config.spacing_mm), pred, f) for f in unets]
     table = pd.concat(parts, ignore_index=True)
     table.to_csv(args.out / "holdout_dice.csv", index=False)
     report(table)
