@@ -45,7 +45,8 @@ def bench(kind: str, profile: str, device: torch.device, steps: int, batch_overr
     def train_step() -> None:
         xa, ma = augment(x, mask, sample_params(batch, gen), cfg.augment_engine)
         out = _forward(model, xa, device)
-        loss = weighted_ce(out, _target(kind, label, ma), cfg.cls_pos_weight if kind == "classifier" else cfg.unet_pos_weight)
+        target, known = _target(kind, label, ma)
+        loss = weighted_ce(out, target, cfg.cls_pos_weight if kind == "classifier" else cfg.unet_pos_weight, known)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

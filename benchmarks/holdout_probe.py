@@ -1,7 +1,7 @@
 """Score a trained run on studies the demo never reads: the manifest's test-split studies outside the demo subset.
 
     python -m benchmarks.holdout_probe --run-dir runs/demo --out /tmp/holdout [--studies 40] [--floors 0 2 2.5 3 3.5]
-        [--lows 0.5 0.7]
+        [--lows 0.5 0.7] [--no-maps]
 
 The demo's 12 test studies are read once per recipe (notebook 06); a lever chosen after that read needs other
 held-out data. The committed manifest holds 453 studies, and those of its test split with demo = 0 come from the
@@ -177,8 +177,9 @@ def main() -> None:
     parser.add_argument("--floors", type=float, nargs="+", default=[0.0, 2.0, 2.5, 3.0, 3.5])
     parser.add_argument("--lows", type=float, nargs="*", default=[],
                         help="also a hysteresis gate along z at each of these lower thresholds (floor searched)")
+    parser.add_argument("--no-maps", action="store_true", help="score the run's U-Nets only (not the maps' sets)")
     args = parser.parse_args()
-    has_maps = all((args.run_dir / f).exists() for f in ("classifier/best.pt", "cams/index.csv"))
+    has_maps = not args.no_maps and all((args.run_dir / f).exists() for f in ("classifier/best.pt", "cams/index.csv"))
     unets = [f for f in ("unet", pseudo.FOLDER) if (args.run_dir / f / "best.pt").exists()]
     if not (args.run_dir / "run.json").exists() or not (has_maps or unets):
         raise SystemExit(f"error: {args.run_dir}: needs run.json and classifier/best.pt with cams/index.csv "

@@ -55,6 +55,7 @@ def test_bad_manifest_is_refused_by_file_and_line(tmp_path: Path, capsys: pytest
     ("device=tpu", "config device='tpu': expected one of"),
     ("nonsense=1", "unknown parameter(s) ['nonsense']"),
     ("cam_unet_method=gradcamz", "config cam_unet_method='gradcamz': expected one of"),
+    ("cam_unet_unsure_suv=-1", "config cam_unet_unsure_suv=-1.0: must be >= 0"),
     ("cls_head=authors", "needs cls_head 'gap_fc'"),
 ])
 def test_bad_setting_is_refused_by_key_before_anything_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -74,6 +75,20 @@ def test_unknown_notebook_and_bad_run_dir_are_refused(tmp_path: Path, capsys: py
     _fails(["preprocess", "--out", str(blocker / "store")], capsys,
            f"slice store {blocker / 'store'}: cannot be created ({blocker} is not a folder)")
     assert blocker.read_text() == "x"
+
+
+def test_results_are_printed_only_when_notebook_06_scored_them(tmp_path: Path, monkeypatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from wsseg_nb import chain, report
+
+    monkeypatch.setattr(report, "results_text", lambda run_dir: "TABLE FROM results/")
+    monkeypatch.setattr(chain, "run_chain", lambda *args, **kwargs: {"05_baselines": 2.0})
+    assert main(["run", "--run-dir", str(tmp_path), "--only", "05"]) == 0
+    out = capsys.readouterr().out
+    assert "TABLE FROM results/" not in out and "results/ not re-scored: notebook 06 did not run" in out
+    monkeypatch.setattr(chain, "run_chain", lambda *args, **kwargs: {"05_baselines": 2.0, "06_statistics": 1.0})
+    assert main(["run", "--run-dir", str(tmp_path), "--only", "05", "06"]) == 0
+    assert "Results on the test split" in capsys.readouterr().out
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:

@@ -19,10 +19,10 @@ T, Q = 0.4, 60.0
 
 @pytest.fixture(scope="module")
 def run(tiny_store) -> runs.Run:
-    """The tiny store (two train studies, one val), a demo config at its size and notebook 04's t, q for CAM."""
+    """The tiny store (two train studies, one val), a demo config at its size (no unsure voxels), notebook 04's t, q."""
     config = get_config("demo", device="cpu", slice_size=SIZE, spacing_mm=SPACING, cam_unet_method="cam",
                         cam_unet_epochs=1, unet_width=1 / 16, unet_batch=4, cam_batch=8, workers=1,
-                        unet_sampling="all", cam_align="none")
+                        unet_sampling="all", cam_align="none", cam_unet_unsure_suv=0.0)
     out = runs.Run(config, tiny_store.parent, torch.device("cpu"))
     (out.dir / "segment").mkdir()
     (out.dir / "segment" / "thresholds.json").write_text(json.dumps({"gate": 0.5, "cam": {"t": T, "q": Q}}))
@@ -132,3 +132,31 @@ def test_classifier_gate_keeps_the_called_tumor_slices_only(run, classifier, tmp
     assert 0 < (prob >= gate).sum() < len(tumor)
     dataset = pseudo.PseudoLabelDataset(gated.store, pseudo.labels_path(tmp_path))
     assert len(dataset) == len(kept) and np.array_equal(dataset.positions, kept)
+
+
+def test_unsure_voxels_are_the_bright_ones_outside_the_mask_of_tumor_slices(run, classifier, tmp_path) -> None:
+    import dataclasses
+
+    store = slices.SliceStore(run.store)
+    rows = store.index[store.index["split"] == "train"]
+    x, truth = store.read(rows.index.to_numpy())
+    tumor = rows["label"].to_numpy() > 0
+    suv = float(np.quantile(x[tumor, 0], 0.9))  # the brightest tenth of the tumor slices' voxels
+    written = {}
+    for name, value in (("plain", 0.0), ("unsure", suv)):  # fresh folders: another test edits run.dir's labels
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "store").symlink_to(run.store)
+        (folder / "segment").symlink_to(run.dir / "segment")
+        other = runs.Run(dataclasses.replace(run.config, cam_unet_unsure_suv=value), folder, run.device)
+        written[name] = (pseudo.write_pseudo_labels(other, classifier), np.load(pseudo.labels_path(folder)))
+    (frame, labels), (plain_frame, plain) = written["unsure"], written["plain"]
+    doubt = tumor[:, None, None] & (plain == 0) & (x[:, 0] >= suv)
+    assert 0 < doubt.sum() < (x[tumor, 0] >= suv).sum()  # some bright voxels are in the masks, some outside
+    np.testing.assert_array_equal(labels, np.where(doubt, train.UNSURE, plain))  # the masks themselves unchanged
+    assert frame["dice"].tolist() == pytest.approx(plain_frame["dice"].tolist())  # scored on the masks only
+    for record in frame.itertuples():
+        sel = (rows["study_id"] == record.study_id).to_numpy()
+        assert record.unsure_voxels == doubt[sel].sum()
+        assert record.unsure_lesion_voxels == (doubt[sel] & (truth[sel] > 0)).sum()
+    assert (plain_frame["unsure_voxels"] == 0).all()  # at 0 every voxel outside a mask is background

@@ -80,6 +80,23 @@ def test_weighted_ce_by_hand() -> None:
     assert train.weighted_ce(pix, pix_target, 7.7).item() == pytest.approx(expected_pix, rel=1e-6)
 
 
+def test_unsure_voxels_leave_the_loss_and_its_gradient() -> None:
+    mask = torch.tensor([[[1, 0], [train.UNSURE, 0]]], dtype=torch.uint8)  # a CAM -> U-Net pseudo-label
+    target, known = train._target("unet", torch.ones(1), mask)
+    assert target.tolist() == [[[[1.0, 0.0], [0.0, 0.0]]]] and known.tolist() == [[[[True, True], [False, True]]]]
+    logits = torch.tensor([[[[0.0, 2.0], [-1.0, 0.0]]]], requires_grad=True)
+    loss = train.weighted_ce(logits, target, 7.7, known)
+    expected = (7.7 * math.log(2.0) + math.log(1 + math.e ** 2) + math.log(2.0)) / (7.7 + 2)  # voxel (1, 0) left out
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert logits.grad[0, 0, 1, 0] == 0 and (logits.grad.flatten()[[0, 1, 3]] != 0).all()
+    label, none = train._target("classifier", torch.tensor([1.0, 0.0]), mask)
+    assert label.tolist() == [1.0, 0.0] and none is None
+    plain = torch.tensor([[[1, 0], [1, 0]]], dtype=torch.uint8)  # a lesion mask: known everywhere, unchanged
+    target, known = train._target("unet", torch.ones(1), plain)
+    assert known.all() and torch.equal(target, plain[:, None].float())
+
+
 def test_classifier_metrics_by_hand() -> None:
     labels = np.array([1, 1, 1, 0, 0, 0, 0, 0])
     probs = np.array([0.9, 0.6, 0.3, 0.7, 0.2, 0.1, 0.4, 0.05])

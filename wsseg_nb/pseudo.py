@@ -41,14 +41,16 @@ def write_pseudo_labels(run: Run, model: Any) -> pd.DataFrame:
 
     Slices labelled tumor-free get an empty mask. With cam_unet_gate 'classifier' a slice labelled tumorous is kept
     only where the classifier also calls it (p >= the tuned gate, the slices t and q were tuned on); the others are
-    left out of the U-Net's training. Returns one row per training study: its pseudo-label Dice against the lesion
-    masks (a diagnostic only: nothing is trained on it), labelled and true voxels; also cam_unet/pseudo_dice.csv.
+    left out of the U-Net's training. With cam_unet_unsure_suv > 0 the voxels of a kept tumor slice outside its mask
+    with SUV >= that value get train.UNSURE (left out of the loss). Returns one row per training study: its
+    pseudo-label Dice against the lesion masks (a diagnostic only: nothing is trained on it), labelled, unsure,
+    unsure lesion and true voxels; also cam_unet/pseudo_dice.csv.
     """
     import torch
 
     from .cam import _save_npy_atomic, cams_for_slices
     from .segment import algorithm1, read_gate, read_method_params, study_dice
-    from .train import cam_shift, predict_logits
+    from .train import UNSURE, cam_shift, predict_logits
 
     c = run.config
     params = read_method_params(run.dir, c.cam_unet_method)
@@ -64,7 +66,7 @@ def write_pseudo_labels(run: Run, model: Any) -> pd.DataFrame:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(positions), c.slice_size, c.slice_size))
-    inter, pred = np.zeros(len(positions), np.int64), np.zeros(len(positions), np.int64)
+    inter, pred, unsure, unsure_lesion = (np.zeros(len(positions), np.int64) for _ in range(4))
     maps = cams_for_slices(model, store, positions[called], [c.cam_unet_method], c.cam_batch, run.device,
                            c.scorecam_topk, cam_shift(run))[c.cam_unet_method]
     for start in progress(range(0, len(called), CHUNK), desc="pseudo-labels", unit="chunk"):
@@ -72,19 +74,22 @@ def write_pseudo_labels(run: Run, model: Any) -> pd.DataFrame:
         x, truth = store.read(positions[items])
         mask = algorithm1(maps[start:start + CHUNK].astype(np.float32), x[:, 0], params["t"], params["q"],
                           floor=params["floor"])
-        out[items] = mask
+        doubt = ~mask & (x[:, 0] >= c.cam_unet_unsure_suv) if c.cam_unet_unsure_suv > 0 else np.zeros_like(mask)
+        out[items] = np.where(doubt, UNSURE, mask)
         inter[items], pred[items] = (mask & (truth > 0)).sum((1, 2)), mask.sum((1, 2))
+        unsure[items], unsure_lesion[items] = doubt.sum((1, 2)), (doubt & (truth > 0)).sum((1, 2))
     out.flush()
     del out
     _save_npy_atomic(positions_path(path), positions)
     os.replace(tmp, path)
     slice_study = store.index.loc[positions, "study_id"].to_numpy()
     gt_total = rows.groupby("study_id", sort=True)["lesion_voxels"].sum()
+    per_study = pd.DataFrame({"pseudo_voxels": pred, "unsure_voxels": unsure, "unsure_lesion_voxels": unsure_lesion})
+    per_study = per_study.groupby(slice_study).sum().reindex(gt_total.index, fill_value=0)
     frame = pd.DataFrame({"study_id": gt_total.index,
                           "diagnosis": rows.groupby("study_id", sort=True)["diagnosis"].first().to_numpy(),
                           "dice": study_dice(inter, pred, slice_study, gt_total),
-                          "pseudo_voxels": pd.Series(pred).groupby(slice_study).sum().reindex(gt_total.index,
-                                                                                               fill_value=0).to_numpy(),
+                          **{name: per_study[name].to_numpy() for name in per_study},
                           "true_voxels": gt_total.to_numpy()})
     write_csv_atomic(run.dir / FOLDER / "pseudo_dice.csv", frame)
     return frame
@@ -101,7 +106,7 @@ def labels_digest(path: str | os.PathLike[str]) -> str:
 
 
 class PseudoLabelDataset(SliceDataset):
-    """The pseudo-labelled training slices with their masks in place of the store's lesion masks (memory-mapped)."""
+    """The pseudo-labelled training slices, their masks (0, 1, train.UNSURE) in place of the store's lesion masks."""
 
     def __init__(self, store: SliceStore | str | os.PathLike[str], path: str | os.PathLike[str]):
         self.path = Path(path)

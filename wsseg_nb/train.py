@@ -32,17 +32,25 @@ LOG_EVERY = 20
 """Steps between progress-bar loss updates (the only host sync in the training loop besides the epoch end)."""
 
 
-def weighted_ce_terms(logits: torch.Tensor, target: torch.Tensor, pos_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Σ w_i·CE_i and Σ w_i over all elements, w_i = pos_weight for tumor (target 1) and 1 otherwise."""
+UNSURE = 2
+"""Target value of a voxel the U-Net's loss leaves out (weight 0): CAM -> U-Net pseudo-labels, `cam_unet_unsure_suv`."""
+
+
+def weighted_ce_terms(logits: torch.Tensor, target: torch.Tensor, pos_weight: float,
+                      known: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ w_i·CE_i and Σ w_i over all elements: w_i = pos_weight for tumor (target 1), else 1; 0 where not known."""
     target = target.to(logits.dtype)
     weight = 1.0 + (pos_weight - 1.0) * target
+    if known is not None:
+        weight = weight * known.to(logits.dtype)
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     return (weight * ce).sum(), weight.sum()
 
 
-def weighted_ce(logits: torch.Tensor, target: torch.Tensor, pos_weight: float) -> torch.Tensor:
+def weighted_ce(logits: torch.Tensor, target: torch.Tensor, pos_weight: float,
+                known: torch.Tensor | None = None) -> torch.Tensor:
     """Weighted CE, weighted-mean reduction Σ w_i·CE_i / Σ w_i: nn.CrossEntropyLoss(weight=[1, w]) on logits [0, z] (notebook 02)."""
-    num, den = weighted_ce_terms(logits, target, pos_weight)
+    num, den = weighted_ce_terms(logits, target, pos_weight, known)
     return num / den
 
 
@@ -119,9 +127,13 @@ def numerics_fingerprint(device: torch.device | str = "cpu") -> str:
     return digest.hexdigest()[:16]
 
 
-def _target(kind: str, label: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """What the network is trained on: the slice label (classifier) or the lesion mask (B, 1, S, S) (U-Net)."""
-    return label.float() if kind == "classifier" else mask[:, None].float()
+def _target(kind: str, label: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What the network is trained on: the slice label (classifier) or the lesion mask (B, 1, S, S) (U-Net), and
+    where the target is known (None: everywhere; a U-Net's voxels of value UNSURE are not)."""
+    if kind == "classifier":
+        return label.float(), None
+    mask = mask[:, None]
+    return (mask == 1).float(), mask != UNSURE
 
 
 def _study_keys(dataset: Dataset) -> tuple[np.ndarray, pd.Series] | None:
@@ -150,8 +162,8 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, kind: str, pos_weight: 
     for x, label, mask in loader:
         x, label, mask = _to_device((x, label, mask), device)
         out = _forward(model, x, device)
-        target = _target(kind, label, mask)
-        n, d = weighted_ce_terms(out, target, pos_weight)
+        target, known = _target(kind, label, mask)
+        n, d = weighted_ce_terms(out, target, pos_weight, known)
         num += n
         den += d
         if kind == "classifier":
@@ -402,7 +414,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
             x, label, mask = _to_device((x, label, mask), device)
             x, mask = augment(x, mask, sample_params(len(x), aug_gen), engine)
             x = drop_ct(x, ct_dropout, aug_gen)
-            loss = weighted_ce(_forward(model, x, device), _target(kind, label, mask), pos_weight)
+            target, known = _target(kind, label, mask)
+            loss = weighted_ce(_forward(model, x, device), target, pos_weight, known)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
