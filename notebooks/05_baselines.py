@@ -183,7 +183,7 @@ print(f"{len(studies)} studies written to masks/unet/")
 # 0.343, 0.565 and 0.600). Epochs 24 and 36 score what the 24- and 36-epoch budgets scored in the seed comparison
 # above (0.464, 0.548), and epoch 36 is the previous run's kept epoch: at a constant learning rate a longer budget
 # only appends epochs. The averaged weights were still improving at the end, so the choice of epoch matters less
-# here than the number of epochs. Training took 519 s for the 48 epochs (about 11 s an epoch, in
+# here than the number of epochs. Training took 498 s for the 48 epochs (about 10 s an epoch, in
 # bf16 on this run's AVX512-BF16 CPU; about 57 s in float32 on a 2-core AVX2 CPU, `config.DEMO_OVERRIDES`).
 # The threshold tuned with the kept epoch, 0.8, reflects the weighted loss: with $w = 7.7$ on lesion pixels the
 # loss is least where the net's odds are 7.7 × the true odds, so $p = 0.5$ marks pixels whose lesion odds are

@@ -170,6 +170,22 @@ def test_seed_dice_probe_names_the_missing_classifier(tmp_path, monkeypatch: pyt
         seed_dice_probe.main()
 
 
+def test_more_train_studies_adds_training_rows_in_proportion_and_keeps_val_and_test() -> None:
+    from benchmarks.more_train_studies import MANIFEST, more_train_studies
+
+    before = pd.read_csv(MANIFEST, dtype=str, keep_default_na=False)
+    after = more_train_studies(MANIFEST, 30)
+    added = after[(after["demo"] == "1") & (before["demo"] == "0")]
+    assert len(added) == 30 and (added["split"] == "train").all()
+    demo_train = before[(before["demo"] == "1") & (before["split"] == "train")]
+    assert (added["diagnosis"].value_counts() == demo_train["diagnosis"].value_counts()).all()  # 30 = 30: same mix
+    for split in ("val", "test"):
+        assert (after.loc[after["split"] == split, "demo"] == before.loc[before["split"] == split, "demo"]).all()
+    assert after["ct_path"].str.startswith("/").all()
+    assert after.drop(columns=["demo", "ct_path", "pet_path", "seg_path"]).equals(
+        before.drop(columns=["demo", "ct_path", "pet_path", "seg_path"]))
+
+
 def test_holdout_rows_are_test_studies_the_demo_never_reads() -> None:
     from benchmarks.holdout_probe import MANIFEST, holdout_rows
     from wsseg_nb.manifest import load_manifest
