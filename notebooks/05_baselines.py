@@ -227,9 +227,10 @@ print(f"{len(studies)} studies written to masks/unet/")
 # When it runs, two stages give two numbers: the pseudo-labels against the truth on the training studies (first
 # cell below), then the U-Net's masks (`masks/cam_unet/`), scored on the test studies in notebook 06.
 #
-# The demo leaves it off (`cam_unet_epochs = 0`): a second U-Net is a second training run (the README: about 18 min
-# more for 12 epochs on a 2-core CPU that trains in fp32). So the cells below print that it was skipped and write
-# nothing, and notebook 06 has no CAM → U-Net row. The README's measurement with `-p cam_unet_epochs=12` comes from
+# The demo leaves it off (`cam_unet_epochs = 0`): a second U-Net is a second training run (with the 48 epochs
+# measured since session 21: 527 s of training on this run's 2-core AVX512-BF16 CPU, about 9 min on top of a
+# chain that already takes 13.5 of its 15 minutes; far more on a CPU that trains in float32). So the cells below
+# print that it was skipped and write nothing, and notebook 06 has no CAM → U-Net row. The README's measurement with `-p cam_unet_epochs=12` comes from
 # a chain whose classifier gate was 0.7 (so CAM's $t$ and $q$ were tuned at that gate, not at this notebook's): a
 # median pseudo-label Dice of 0.14 on the training studies and a test median Dice of 0.33 for the CAM → U-Net,
 # against 0.29 for CAM and 0.48 for the supervised U-Net in that chain. Re-measured in session 12 on the classifier
