@@ -368,8 +368,8 @@ cost no more time here (notebook 05: 537 s against 534 s with 48 epochs; top-8 S
 cam_unet_unsure_suv 1.5 (session 22; AVX512-BF16, 48 epochs, gated masks): ScoreCAM's pseudo-labels hold 48 % of the
 training lesion voxels (voxel precision 0.71), and 91 % of the lesion voxels they miss lie at SUV >= 1.5 on the
 tumor slices (2 % of those slices' other voxels; 73 % at 2.0, 51 % at 2.5). Left out of the loss instead of taught as
-background (`-p cam_unet_epochs=48 -p cam_unet_unsure_suv=S` on copies of the chain's run for seed 0;
-/tmp-style driver with the same functions on session 20's seed-1 classifier, t, q, f and gate tuned on validation),
+background (`-p cam_unet_epochs=48 -p cam_unet_unsure_suv=S` on copies of the chain's run for seed 0; the same steps
+as `benchmarks.cam_unet_probe` on session 20's seed-1 classifier, its t, q, f and gate tuned on validation),
 gated validation median Dice / the 78 held-out studies (`benchmarks.holdout_probe --no-maps`), seed 0 and seed 1:
 off 0.485 / 0.466 and 0.438 / 0.398; 2.5: 0.552 / 0.500 and 0.352 / 0.369 (seed 1 worse on 11 of 12 validation
 studies, held-out paired -0.020, p 1e-5: its pseudo-labels were already too large, predicted / true volume 1.07);
