@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from wsseg_nb import infer, metrics, pseudo, runs, segment, train
+from wsseg_nb import infer, pseudo, report, runs, segment, train
 from wsseg_nb.__main__ import parse_overrides
 from wsseg_nb.slices import SliceStore
 
@@ -58,8 +58,8 @@ def validation_dice(run: runs.Run) -> pd.Series:
     threshold = train.unet_threshold(run.dir / pseudo.FOLDER / "best.pt")
     train.predict_unet_masks(net, store, run.dir, ("val",), c.cam_batch, run.device, threshold, method=pseudo.FOLDER,
                              called=called if c.cam_unet_gated else None)
-    return pd.Series({sid: metrics.dice(mask, store.study(sid).mask.astype(bool))
-                      for sid, mask in segment.load_study_masks(run.dir, pseudo.FOLDER).items()}).dropna()
+    scored = report.evaluate_run(run, "val", [pseudo.FOLDER]).dropna(subset=["dice"])
+    return scored.set_index("study_id")["dice"]
 
 
 def main() -> None:
@@ -77,7 +77,7 @@ def main() -> None:
           f"({labels['unsure_lesion_voxels'].sum()} lesion of {labels['true_voxels'].sum()})", flush=True)
     pseudo.train_cam_unet(run)
     dice = validation_dice(run)
-    dice.rename("dice").rename_axis("study_id").to_csv(args.out / "val_dice.csv")
+    dice.to_csv(args.out / "val_dice.csv")
     print(f"CAM -> U-Net, unsure SUV {run.config.cam_unet_unsure_suv:g}: median validation Dice {dice.median():.3f} "
           f"over {len(dice)} studies (masks on the slices at p >= {segment.read_gate(run.dir)})")
 

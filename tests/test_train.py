@@ -82,7 +82,7 @@ def test_weighted_ce_by_hand() -> None:
 
 def test_unsure_voxels_leave_the_loss_and_its_gradient() -> None:
     mask = torch.tensor([[[1, 0], [train.UNSURE, 0]]], dtype=torch.uint8)  # a CAM -> U-Net pseudo-label
-    target, known = train._target("unet", torch.ones(1), mask)
+    target, known = train._target("unet", torch.ones(1), mask, unsure=True)
     assert target.tolist() == [[[[1.0, 0.0], [0.0, 0.0]]]] and known.tolist() == [[[[True, True], [False, True]]]]
     logits = torch.tensor([[[[0.0, 2.0], [-1.0, 0.0]]]], requires_grad=True)
     loss = train.weighted_ce(logits, target, 7.7, known)
@@ -93,7 +93,7 @@ def test_unsure_voxels_leave_the_loss_and_its_gradient() -> None:
     label, none = train._target("classifier", torch.tensor([1.0, 0.0]), mask)
     assert label.tolist() == [1.0, 0.0] and none is None
     plain = torch.tensor([[[1, 0], [1, 0]]], dtype=torch.uint8)  # a lesion mask: known everywhere, unchanged
-    target, known = train._target("unet", torch.ones(1), plain)
+    target, known = train._target("unet", torch.ones(1), plain, unsure=True)
     assert known.all() and torch.equal(target, plain[:, None].float())
 
 

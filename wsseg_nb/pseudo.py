@@ -67,6 +67,7 @@ def write_pseudo_labels(run: Run, model: Any) -> pd.DataFrame:
     tmp = path.with_name(path.name + ".tmp")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(positions), c.slice_size, c.slice_size))
     inter, pred, unsure, unsure_lesion = (np.zeros(len(positions), np.int64) for _ in range(4))
+    unsure_cut = c.cam_unet_unsure_suv or np.inf  # 0: no voxel is unsure
     maps = cams_for_slices(model, store, positions[called], [c.cam_unet_method], c.cam_batch, run.device,
                            c.scorecam_topk, cam_shift(run))[c.cam_unet_method]
     for start in progress(range(0, len(called), CHUNK), desc="pseudo-labels", unit="chunk"):
@@ -74,7 +75,7 @@ def write_pseudo_labels(run: Run, model: Any) -> pd.DataFrame:
         x, truth = store.read(positions[items])
         mask = algorithm1(maps[start:start + CHUNK].astype(np.float32), x[:, 0], params["t"], params["q"],
                           floor=params["floor"])
-        doubt = ~mask & (x[:, 0] >= c.cam_unet_unsure_suv) if c.cam_unet_unsure_suv > 0 else np.zeros_like(mask)
+        doubt = ~mask & (x[:, 0] >= unsure_cut)
         out[items] = np.where(doubt, UNSURE, mask)
         inter[items], pred[items] = (mask & (truth > 0)).sum((1, 2)), mask.sum((1, 2))
         unsure[items], unsure_lesion[items] = doubt.sum((1, 2)), (doubt & (truth > 0)).sum((1, 2))
@@ -151,4 +152,5 @@ def train_cam_unet(run: Run, resume: bool = True) -> pd.DataFrame:
                epochs=c.cam_unet_epochs, batch=c.unet_batch, pos_weight=c.unet_pos_weight, seed=c.seed,
                device=run.device, workers=c.workers, engine=c.augment_engine, sampling=c.unet_sampling,
                schedule=c.unet_schedule, select=c.unet_select, thresholds=c.unet_threshold_grid,
-               ema_decay=c.unet_ema, val_every=c.unet_val_every, hparams=hparams, resume=resume)
+               ema_decay=c.unet_ema, val_every=c.unet_val_every, hparams=hparams, resume=resume,
+               unsure=c.cam_unet_unsure_suv > 0)

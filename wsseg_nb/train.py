@@ -127,12 +127,15 @@ def numerics_fingerprint(device: torch.device | str = "cpu") -> str:
     return digest.hexdigest()[:16]
 
 
-def _target(kind: str, label: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _target(kind: str, label: torch.Tensor, mask: torch.Tensor,
+            unsure: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """What the network is trained on: the slice label (classifier) or the lesion mask (B, 1, S, S) (U-Net), and
-    where the target is known (None: everywhere; a U-Net's voxels of value UNSURE are not)."""
+    where the target is known (None: everywhere; with `unsure`, a U-Net's voxels of value UNSURE are not)."""
     if kind == "classifier":
         return label.float(), None
     mask = mask[:, None]
+    if not unsure:  # 0/1 lesion masks: no compare and no weight product on the supervised U-Net's hot path
+        return mask.float(), None
     return (mask == 1).float(), mask != UNSURE
 
 
@@ -335,7 +338,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
         select: str | None = None, schedule: str = "constant", warmup_epochs: float = 0.0,
         thresholds: Sequence[float] = (0.5,), ct_dropout: float = 0.0, level_matched: bool = False,
         ema_decay: float = 0.0, val_every: int = 1, hparams: dict[str, Any] | None = None,
-        resume: bool = True) -> pd.DataFrame:
+        resume: bool = True, unsure: bool = False) -> pd.DataFrame:
     """Train with augmentation; per epoch validate, write last.pt (atomic), best.pt and history.csv; resume from last.pt.
 
     An epoch visits every training slice (`sampling="all"`), or every tumor slice plus as many tumor-free ones
@@ -352,7 +355,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
     With `ema_decay` > 0 an exponential moving average of the weights and BatchNorm statistics (`ema_model`),
     updated after every step, is what is validated and written to best.pt; `model` keeps the raw weights.
     `val_every` = k validates (and can keep) only every k-th epoch and the last; the other epochs' rows carry no
-    validation scores.
+    validation scores. `unsure`: the training masks may hold UNSURE voxels (CAM -> U-Net pseudo-labels), which the
+    loss leaves out.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -414,7 +418,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
             x, label, mask = _to_device((x, label, mask), device)
             x, mask = augment(x, mask, sample_params(len(x), aug_gen), engine)
             x = drop_ct(x, ct_dropout, aug_gen)
-            target, known = _target(kind, label, mask)
+            target, known = _target(kind, label, mask, unsure)
             loss = weighted_ce(_forward(model, x, device), target, pos_weight, known)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
