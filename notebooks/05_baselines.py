@@ -279,7 +279,7 @@ if cfg.cam_unet_epochs:
     display(pseudo_dice.groupby("diagnosis")["dice"].median().round(3).to_frame("median pseudo-label Dice"))
 else:
     print("CAM -> U-Net skipped: cam_unet_epochs = 0 in this profile (it is opt-in in the demo); run it with "
-          "`python -m wsseg_nb run -p cam_unet_epochs=24`, or overrides={'cam_unet_epochs': 24} here")
+          "`python -m wsseg_nb run -p cam_unet_epochs=48`, or overrides={'cam_unet_epochs': 48} here")
 
 # %%
 if cfg.cam_unet_epochs:

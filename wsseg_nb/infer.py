@@ -150,7 +150,7 @@ def unet_checkpoint(run_dir: Path, method: str) -> Path:
     path = run_dir / UNET_DIRS[method] / "best.pt"
     if method == "cam-unet" and not path.is_file():
         raise InputError(f"method cam-unet needs a U-Net trained on CAM pseudo-labels ({path}), which run "
-                         f"{run_dir} does not have (notebook 05 section 4, opt-in in the demo: -p cam_unet_epochs=24); use "
+                         f"{run_dir} does not have (notebook 05 section 4, opt-in in the demo: -p cam_unet_epochs=48); use "
                          "--method unet or a CAM method")
     return require_artifact(run_dir, f"{UNET_DIRS[method]}/best.pt")
 
