@@ -246,6 +246,17 @@ summary.round(3)
 tplots.roc_and_confusion(val["label"], val["prob"]);
 
 # %% [markdown]
+# **How sure is that AUC?** Its slices are not independent draws: they come from 12 patients, and the slices of
+# one patient share its anatomy, its physiology and its lesions. So the uncertainty is estimated by resampling
+# *studies*, not slices: draw 12 of the 12 validation studies with replacement, score the AUC on all their
+# slices, repeat 1,000 times, and read the 2.5th and 97.5th percentiles (`diagnostics.study_bootstrap_auc`).
+
+# %%
+val_auc_ci = diagnostics.study_bootstrap_auc(pred, "val")
+print(f"validation AUC {summary.loc['val', 'auc']:.3f}, 95 % interval over resampled studies "
+      f"{val_auc_ci[0]:.3f}-{val_auc_ci[1]:.3f}")
+
+# %% [markdown]
 # **Where the AUC is lost.** A slice counts as "tumor" when a single lesion voxel lies in it, and many do by a
 # little: the last slice of a lesion, where only its partial-volume rim is left, or a small metastasis. The table
 # splits the validation tumor slices by the area of their lesion cross-section and scores each group against
@@ -273,7 +284,8 @@ diagnostics.auc_by_lesion_area(pred, store.index, "val").round(3)
 
 # %%
 localization = diagnostics.pointing_probe(store, "val", align=cfg.cam_align == "flip")(model)
-record = diagnostics.write(run.dir, val_auc=summary.loc["val", "auc"], level_auc=diagnostics.level_auc(store.index, "val"),
+record = diagnostics.write(run.dir, val_auc=summary.loc["val", "auc"], val_auc_ci_low=val_auc_ci[0],
+                           val_auc_ci_high=val_auc_ci[1], level_auc=diagnostics.level_auc(store.index, "val"),
                            **localization)
 pd.Series(record).round(3)
 

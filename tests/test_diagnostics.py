@@ -236,6 +236,19 @@ def test_oracle_floor_dice_by_hand():
     assert np.allclose(table["no_gate"], [2 * 2 / (4 + 2), 2 * 2 / (3 + 2)])  # and the tumor-free slice's SUV 6
 
 
+def test_study_bootstrap_auc_resamples_whole_studies() -> None:
+    # study A alone: AUC 1; B alone: 0; A + B: positives 0.9, 0.4 against negatives 0.1, 0.5 -> 3 of 4 pairs
+    pred = pd.DataFrame({"study_id": ["A", "A", "B", "B", "C"], "split": ["val"] * 4 + ["test"],
+                         "label": [0, 1, 0, 1, 1], "prob": [0.1, 0.9, 0.5, 0.4, 0.0]})
+    # draws AA, AB, BA, BB: AUC 1, 0.75, 0.75, 0 with probability 1/4, 1/2, 1/4
+    assert diagnostics.study_bootstrap_auc(pred, "val", level=0.95, draws=4000) == (0.0, 1.0)
+    assert diagnostics.study_bootstrap_auc(pred, "val", level=0.3, draws=4000) == (0.75, 0.75)
+    squashed = pred.assign(prob=pred["prob"] ** 3)  # ranks unchanged, so every draw's AUC too
+    assert diagnostics.study_bootstrap_auc(squashed, "val", level=0.3) == diagnostics.study_bootstrap_auc(pred, "val", level=0.3)
+    with pytest.raises(ValueError, match="split 'test' has 1 studies"):
+        diagnostics.study_bootstrap_auc(pred, "test")
+
+
 def test_auc_by_lesion_area_scores_each_bin_against_every_negative() -> None:
     pred = pd.DataFrame({"study_id": ["A"] * 6 + ["B"], "slice": [0, 1, 2, 3, 4, 5, 0],
                          "split": ["val"] * 6 + ["test"], "label": [0, 0, 0, 1, 1, 1, 1],

@@ -134,6 +134,33 @@ def auc_by_lesion_area(pred: pd.DataFrame, index: pd.DataFrame, split: str = "va
     return pd.DataFrame(table).set_index("lesion area (mm²)")
 
 
+def study_bootstrap_auc(pred: pd.DataFrame, split: str = "val", level: float = 0.95, draws: int = 1000,
+                        seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of the slice AUC when the split's studies (patients, the independent unit) are resampled.
+
+    Each draw picks as many studies as the split has, with replacement, and scores all their slices (a study drawn
+    twice counts twice); draws without both classes are skipped. `pred` as in `auc_by_lesion_area` (notebook 02).
+    """
+    from sklearn.metrics import roc_auc_score
+
+    rows = pred[pred["split"] == split]
+    studies = [g for _, g in rows.groupby("study_id", sort=True)]
+    if len(studies) < 2:
+        raise ValueError(f"study_bootstrap_auc: split {split!r} has {len(studies)} studies; resampling needs >= 2")
+    labels = [g["label"].to_numpy() > 0 for g in studies]
+    probs = [g["prob"].to_numpy(float) for g in studies]
+    rng = np.random.default_rng(seed)
+    aucs = []
+    for pick in rng.integers(0, len(studies), size=(draws, len(studies))):
+        truth = np.concatenate([labels[i] for i in pick])
+        if truth.all() or not truth.any():
+            continue
+        aucs.append(roc_auc_score(truth, np.concatenate([probs[i] for i in pick])))
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(aucs, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def pointing(hits: np.ndarray, suvmax: np.ndarray, visible_suv: float = VISIBLE_SUV) -> dict[str, float]:
     """Share of tumor slices whose CAM peak cell holds lesion: all of them, and the visible ones (lesion SUV >= 3)."""
     hits, visible = np.asarray(hits, bool), np.asarray(suvmax) >= visible_suv
