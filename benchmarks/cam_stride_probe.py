@@ -2,7 +2,7 @@
 
     python -m benchmarks.cam_stride_probe --run-dir runs/demo [--methods cam gradcampp scorecam]
 
-Training at stride 4 did not leave the plateau (README), but a stride-8 classifier's convolutions can run without
+Training at stride 4 did not leave the plateau (docs/log.md), but a stride-8 classifier's convolutions can run without
 the pool before its last block: the feature map doubles (16 mm cells at the demo's 4 mm pixels, the paper's cell)
 and the head is unchanged (GAP + one FC). For stride 8 (the run's stored maps) and stride 4 (recomputed) it prints
 the pointing numbers (maps moved back by their own flip displacement), Algorithm 1's validation median Dice at the

@@ -9,7 +9,7 @@ overrides too if it was trained with any). The gate, t, q and floor are RUN_DIR'
 on validation as notebook 04 does (OUT/segment). Then, as notebook 05 does: the pseudo-labels, the CAM -> U-Net
 (resumable) and its masks on the validation slices the gate calls. It prints the pseudo-labels' median Dice and the
 median per-study validation Dice of the gated masks; the test split is never read. Session 22 judged
-`cam_unet_unsure_suv` with it on session 20's seed-1 classifier (README).
+`cam_unet_unsure_suv` with it on session 20's seed-1 classifier (docs/log.md).
 """
 from __future__ import annotations
 

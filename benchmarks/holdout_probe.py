@@ -15,7 +15,7 @@ them, its U-Net and its CAM -> U-Net, each at its validation threshold):
 - floor@gate: the SUV floor (`--floors`) searched with t and q at that gate;
 - floor: the floor searched with t, q and the gate together (the demo profile's search since session 20);
 - floor, low L (`--lows`): as floor, with a hysteresis gate along z (`gate_hysteresis_probe.hysteresis`: slices at
-  p >= the gate, and those at p >= L z-connected to them); session 21, rejected (README).
+  p >= the gate, and those at p >= L z-connected to them); session 21, rejected (docs/log.md).
 
 It prints the median per-study Dice per set and method, the gate's precision and recall on these studies, the
 ICC(A,1) of MTV and a paired Wilcoxon test of each set against no floor (each hysteresis set against floor);

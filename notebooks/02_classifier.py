@@ -191,7 +191,7 @@ print(f"by hand {by_hand:.6f}, package {float(train.weighted_ce(z, y, 7.7)):.6f}
 # * **A start scaled on the data** (`vgg_init = "lsuv"`, layer-sequential unit variance, Mishkin & Matas
 #   2016): with torchvision's initialisation the logits of the plain 13-convolution stack barely vary at the
 #   start (standard deviation about $10^{-3}$ over a batch), the signal fades layer by layer, and one seed of
-#   three sat on the chance loss $\ln 2$ for all 16 epochs (README, seed table). `models.lsuv_` divides each
+#   three sat on the chance loss $\ln 2$ for all 16 epochs (docs/log.md, seed tables). `models.lsuv_` divides each
 #   convolution's weights, in order, by the standard deviation of its output on a batch of training slices, then
 #   the FC's so that the logits have standard deviation 1. The network therefore starts with strong, random
 #   opinions: the first epoch's training loss below is 0.86, above $\ln 2 = 0.69$, and falls to 0.67 in the

@@ -337,7 +337,7 @@ pd.DataFrame({"all lesions": peaks_all[list(cfg.cam_methods)].median(),
 # the slice, and Eq. 1 is undefined (there is no single $v_k$; the package refuses `"cam"` for this head).
 # So that only the head differs, the authors' head sits on a frozen copy of notebook 02's conv stack (the same
 # $A_k$) and only the head is trained, with the demo's recipe, for `head_epochs` epochs. (Trained from scratch,
-# the whole net with this head stayed on the $\ln 2$ plateau on the demo; see the README.) We then compare, on
+# the whole net with this head stayed on the $\ln 2$ plateau on the demo; see docs/log.md, session 6.) We then compare, on
 # `head_slices` validation tumor slices, each method's pointing (its peak cell holds lesion), its cell AUC and
 # its mean per-slice correlation $r$ with GradCAM of the same classifier.
 

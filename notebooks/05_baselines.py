@@ -230,12 +230,12 @@ print(f"{len(studies)} studies written to masks/unet/")
 # The demo leaves it off (`cam_unet_epochs = 0`): a second U-Net is a second training run (with the 48 epochs
 # measured since session 21: 527 s of training on this run's 2-core AVX512-BF16 CPU, about 9 min on top of a
 # chain that already takes 13.5 of its 15 minutes; far more on a CPU that trains in float32). So the cells below
-# print that it was skipped and write nothing, and notebook 06 has no CAM → U-Net row. The README's measurement with `-p cam_unet_epochs=12` comes from
+# print that it was skipped and write nothing, and notebook 06 has no CAM → U-Net row. The measurement with `-p cam_unet_epochs=12` in docs/log.md comes from
 # a chain whose classifier gate was 0.7 (so CAM's $t$ and $q$ were tuned at that gate, not at this notebook's): a
 # median pseudo-label Dice of 0.14 on the training studies and a test median Dice of 0.33 for the CAM → U-Net,
 # against 0.29 for CAM and 0.48 for the supervised U-Net in that chain. Re-measured in session 12 on the classifier
 # that session 13's run (the phantom without the added physiology, bf16) also used (`-p cam_unet_epochs=12`,
-# README): pseudo-labels of median Dice 0.36 on the training studies, a validation Dice of 0.30 and a test Dice of
+# docs/log.md): pseudo-labels of median Dice 0.36 on the training studies, a validation Dice of 0.30 and a test Dice of
 # 0.27, below that run's CAM at 0.41: the pseudo-labels, cut from 32 mm cells, are still what limits it. On session
 # 15's GAP classifier (an earlier demo classifier) only the first stage was measured (session 17,
 # `python -m benchmarks.pseudo_label_probe`): CAM's pseudo-labels at that run's tuned $t$ and $q$ reach a median
@@ -262,7 +262,7 @@ print(f"{len(studies)} studies written to masks/unet/")
 # `cam_unet_unsure_suv` (1.5, the blood pool's upper level) are *unsure*: their weight $w_i$ in the weighted cross-
 # entropy is 0, so they teach neither class. Tumor-free slices still teach every voxel as background: the slice
 # label is certain there. The first cell below counts the unsure voxels. Session 22 measured it on two classifiers
-# (README): the held-out Dice rose from 0.466 to 0.524 (seed 0) and from 0.398 to 0.429 (seed 1); a cut at 2.5
+# (docs/log.md): the held-out Dice rose from 0.466 to 0.524 (seed 0) and from 0.398 to 0.429 (seed 1); a cut at 2.5
 # helped seed 0 and hurt seed 1. On this run's test split the CAM → U-Net then scores 0.61 (0.51 without unsure
 # voxels; MTV ICC 0.93), above every map and below the supervised U-Net, with 48 epochs (`-p cam_unet_epochs=48`).
 

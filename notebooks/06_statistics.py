@@ -246,7 +246,7 @@ table1
 #   0.78 (ScoreCAM), against the paper's 0.55–0.64: the target of 0.5 for CAM, GradCAM++ and ScoreCAM is met,
 #   each with p ≤ 0.002 (paper p < 0.001). With 12 studies the estimates are loose: the 95% intervals reach down
 #   to 0.43 (CAM), 0.33 (GradCAM++) and 0.41 (ScoreCAM), and on the 78 held-out studies the same maps reach
-#   0.43–0.53 (README). The threshold reaches 0.67 (paper 0.59). Without the floor an earlier run's −0.08 to −0.09 came
+#   0.43–0.53 (docs/log.md, session 20). The threshold reaches 0.67 (paper 0.59). Without the floor an earlier run's −0.08 to −0.09 came
 #   from two test patients with diffuse muscle uptake, PETCT_0051 (lymphoma, 20 ml of tumour) and PETCT_0174 (lung
 #   cancer, 8 ml), which got about 0.8 l of CAM mask each. The floor keeps that muscle out: CAM's mask of PETCT_0051
 #   holds 45 ml, 37 ml of it false positive in 20 components (section 4; 780 ml without it), and PETCT_0174's 8 ml comes

@@ -275,7 +275,7 @@ Seed 2 (session 19, same command): kept epoch 32, val AUC 0.918 (thinned), visib
 0.864 / 0.66. The chain (session 19's clean clone, seed 0, bit-identical classifier) then read the test split once:
 median Dice CAM / GradCAM / GradCAM++ / ScoreCAM 0.30 / 0.32 / 0.30 / 0.29 against GAP's 0.35 / 0.35 / 0.34 / 0.37,
 the threshold 0.17 against 0.32: the test gate calls 429 slices at p >= 0.8 (precision 0.42) against GAP's 379
-(0.45) at a test AUC of 0.881 against 0.883. Kept, since it was chosen on validation (README, session 19).
+(0.45) at a test AUC of 0.881 against 0.883. Kept, since it was chosen on validation (docs/log.md, session 19).
 Session 8's max pooling of the CAM itself (max over cells of sum_k v_k A_k, one cell's gradient) is a different
 head and stays rejected.
 
@@ -413,7 +413,11 @@ Session 20 (SUV floor searched, 78 held-out studies, `benchmarks.holdout_probe`)
 top-8's 0.495. Rejected:
 U-Net training on 64x64 crops holding a lesion pixel (nnU-Net-style patches; 17 instead of 45 ms per training
 slice): seed 0 reached a median per-study validation Dice of 0.23 at epoch 15 against 0.47 on whole slices (session
-14's run at the same epoch); a crop shows the net too little of a slice's physiology."""
+14's run at the same epoch); a crop shows the net too little of a slice's physiology.
+The demo keeps 30 training studies (`manifest.DEMO_PER_SPLIT`; session 23, docs/log.md): with 60 (the 30 and 30
+more, unet_epochs 24 for the same U-Net steps) the chain took 967 s in a fresh clone; the classifier rose (seed 0
+val AUC 0.949, visible pointing 0.82; 78 held-out studies AUC 0.938 against 0.905), but the U-Net fell (test 0.50,
+held-out 0.47 against 0.66 / 0.64) and ScoreCAM with it (test 0.41, held-out 0.43 against 0.53 / 0.50)."""
 
 PROFILES: dict[str, dict[str, Any]] = {"paper": {}, "demo": DEMO_OVERRIDES}
 
