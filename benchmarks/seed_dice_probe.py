@@ -24,7 +24,7 @@ from wsseg_nb.slices import SliceStore
 
 
 def seed_dice(run: runs.Run) -> dict[str, float]:
-    """Validation AUC, the tuned gate with its precision and recall, and each method's gated and oracle Dice."""
+    """Validation AUC (with its study-bootstrap 95 % interval), the tuned gate with its precision and recall, and each method's gated and oracle Dice."""
     cfg = run.config
     store = SliceStore(run.store)
     model = train.load_classifier(run)
@@ -36,7 +36,8 @@ def seed_dice(run: runs.Run) -> dict[str, float]:
     val = segment.load_gated(run.dir, ("val",))
     cams = {m: segment.load_cams(run.dir, m, val.rows) for m in cfg.cam_methods}
     gate, _, _ = segment.tune_with_gate(cams, val, cfg.t_grid, cfg.q_grid, cfg.gates, cfg.floor_grid)
-    row = {"val_auc": roc_auc_score(pred["label"] > 0, pred["prob"]),
+    low, high = diagnostics.study_bootstrap_auc(pred, "val")
+    row = {"val_auc": roc_auc_score(pred["label"] > 0, pred["prob"]), "val_auc_ci_low": low, "val_auc_ci_high": high,
            **diagnostics.gate_stats(pred["label"], pred["prob"], gate)}
     return {**row, **stage_row(cams, val, cfg, gate)}
 
