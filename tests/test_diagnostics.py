@@ -244,7 +244,8 @@ def test_study_bootstrap_auc_resamples_whole_studies() -> None:
     assert diagnostics.study_bootstrap_auc(pred, "val", level=0.95, draws=4000) == (0.0, 1.0)
     assert diagnostics.study_bootstrap_auc(pred, "val", level=0.3, draws=4000) == (0.75, 0.75)
     squashed = pred.assign(prob=pred["prob"] ** 3)  # ranks unchanged, so every draw's AUC too
-    assert diagnostics.study_bootstrap_auc(squashed, "val", level=0.3) == diagnostics.study_bootstrap_auc(pred, "val", level=0.3)
+    assert diagnostics.study_bootstrap_auc(squashed, "val", level=0.3) == \
+        diagnostics.study_bootstrap_auc(pred, "val", level=0.3)
     with pytest.raises(ValueError, match="split 'test' has 1 studies"):
         diagnostics.study_bootstrap_auc(pred, "test")
 
