@@ -199,8 +199,8 @@ print(f"by hand {by_hand:.6f}, package {float(train.weighted_ce(z, y, 7.7)):.6f}
 #
 # Where the processor computes bfloat16 natively (`train.native_bf16`: CUDA, or a CPU with AVX512-BF16/AMX)
 # the forward and backward passes run in it, about twice as fast as float32 on two cores (measured on a CPU
-# with AMX), as in this run (a CPU with AVX512-BF16); elsewhere they run in float32. Here the 32 epochs took 80 s
-# of training, 2.5 s each (143 s in this session, with the per-epoch validation). In the curves below the
+# with AMX), as in this run (a CPU with AVX512-BF16); elsewhere they run in float32. Here the 32 epochs took 110 s
+# of training, 3.4 s each (186 s in this session, with the per-epoch validation). In the curves below the
 # training loss leaves the plateau only slowly (0.59 at epoch 6, 0.48 at epoch 16, 0.35 at epoch 32); the
 # validation AUC reads 0.65 after the first epoch, first reaches 0.90 at epoch 20, falls back to 0.81 at epoch 21,
 # peaks at 0.92 at epoch 31 and ends at 0.92: it never reaches 0.95.
@@ -297,7 +297,8 @@ pd.Series(record).round(3)
 # outranks a lesion-free cell with probability 0.94. Of the two classifier targets of the issue, this run meets
 # **neither**: visible pointing ≥ 0.75 is missed (0.67; no epoch of 32 reaches it, the best is 0.68 at epoch 16)
 # and AUC ≥ 0.95 is missed (0.904; the best epoch reads 0.919, epoch 31, on the thinned per-epoch subset of
-# section 5). Training is chaotic, and one seed is one draw: the same recipe and seed in float32 on an AVX2 CPU
+# section 5), by more than the AUC's own uncertainty: over resampled validation studies its 95 % interval is
+# 0.873–0.931 (section 6). Training is chaotic, and one seed is one draw: the same recipe and seed in float32 on an AVX2 CPU
 # (the previous run of this notebook) kept epoch 32 with AUC 0.913 and visible pointing 0.79, and on this CPU kind
 # seeds 1 and 2 reached visible pointing 0.80 and 0.81 with validation AUC 0.925 and 0.887
 # (`benchmarks.classifier_seeds` and `benchmarks.seed_dice_probe`). The pointing target is within the recipe's

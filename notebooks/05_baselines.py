@@ -183,7 +183,7 @@ print(f"{len(studies)} studies written to masks/unet/")
 # 0.343, 0.565 and 0.600). Epochs 24 and 36 score what the 24- and 36-epoch budgets scored in the seed comparison
 # above (0.464, 0.548), and epoch 36 is the previous run's kept epoch: at a constant learning rate a longer budget
 # only appends epochs. The averaged weights were still improving at the end, so the choice of epoch matters less
-# here than the number of epochs. Training took 498 s for the 48 epochs (about 10 s an epoch, in
+# here than the number of epochs. Training took 549 s for the 48 epochs (about 11 s an epoch, in
 # bf16 on this run's AVX512-BF16 CPU; about 57 s in float32 on a 2-core AVX2 CPU, `config.DEMO_OVERRIDES`).
 # The threshold tuned with the kept epoch, 0.8, reflects the weighted loss: with $w = 7.7$ on lesion pixels the
 # loss is least where the net's odds are 7.7 × the true odds, so $p = 0.5$ marks pixels whose lesion odds are
@@ -229,7 +229,8 @@ print(f"{len(studies)} studies written to masks/unet/")
 #
 # The demo leaves it off (`cam_unet_epochs = 0`): a second U-Net is a second training run (with the 48 epochs
 # measured since session 21: 527 s of training on this run's 2-core AVX512-BF16 CPU, about 9 min on top of a
-# chain that already takes 13.5 of its 15 minutes; far more on a CPU that trains in float32). So the cells below
+# chain that already takes 13.5–15.5 minutes of its 15 (session 22's run of it and this one, on the same CPU
+# kind); far more on a CPU that trains in float32). So the cells below
 # print that it was skipped and write nothing, and notebook 06 has no CAM → U-Net row. The measurement with `-p cam_unet_epochs=12` in docs/log.md comes from
 # a chain whose classifier gate was 0.7 (so CAM's $t$ and $q$ were tuned at that gate, not at this notebook's): a
 # median pseudo-label Dice of 0.14 on the training studies and a test median Dice of 0.33 for the CAM → U-Net,
