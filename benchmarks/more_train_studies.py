@@ -8,7 +8,8 @@
 The added rows (demo = 0, split = train in the committed manifest) are taken in study order per diagnosis, in the
 proportions of the demo's training studies, and marked demo = 1; validation and test stay the demo's 12 + 12, so a
 classifier trained on the larger store is scored on the same slices. Paths are written absolute (the studies are
-generated where the committed manifest puts them). Session 22 measured the lever with it (docs/log.md; session 23 then ran the chain on 60 and rejected it).
+generated where the committed manifest puts them). Session 22 measured the lever with it (docs/log.md; session 23
+then ran the chain on 60 training studies and rejected them).
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from wsseg_nb.slices import SliceStore
 
 
 def seed_dice(run: runs.Run) -> dict[str, float]:
-    """Validation AUC (with its study-bootstrap 95 % interval), the tuned gate with its precision and recall, and each method's gated and oracle Dice."""
+    """Validation AUC and its study-bootstrap 95 % interval, the tuned gate (precision, recall), each map's Dice."""
     cfg = run.config
     store = SliceStore(run.store)
     model = train.load_classifier(run)

@@ -248,6 +248,8 @@ def test_study_bootstrap_auc_resamples_whole_studies() -> None:
         diagnostics.study_bootstrap_auc(pred, "val", level=0.3)
     with pytest.raises(ValueError, match="split 'test' has 1 studies"):
         diagnostics.study_bootstrap_auc(pred, "test")
+    with pytest.raises(ValueError, match="only one class"):
+        diagnostics.study_bootstrap_auc(pred.assign(label=1), "val")
 
 
 def test_auc_by_lesion_area_scores_each_bin_against_every_negative() -> None:

@@ -416,9 +416,9 @@ slice): seed 0 reached a median per-study validation Dice of 0.23 at epoch 15 ag
 14's run at the same epoch); a crop shows the net too little of a slice's physiology.
 The demo keeps 30 training studies (`manifest.DEMO_PER_SPLIT`; session 23, docs/log.md): with 60 (the 30 and 30
 more, unet_epochs 24 for the same U-Net steps) the chain took 967 s in a fresh clone (this one: 923 s on the same
-machine); the classifier rose (seed 0
-val AUC 0.949, visible pointing 0.82; 78 held-out studies AUC 0.938 against 0.905), but the U-Net fell (test 0.50,
-held-out 0.47 against 0.66 / 0.64) and ScoreCAM with it (test 0.41, held-out 0.43 against 0.53 / 0.50)."""
+machine); the classifier rose (seed 0 val AUC 0.949, visible pointing 0.82; 78 held-out studies AUC 0.938 against
+0.905), but the U-Net fell (test 0.50, held-out 0.47 against 0.66 / 0.64) and ScoreCAM too (test 0.41, held-out
+0.43 against 0.53 / 0.50)."""
 
 PROFILES: dict[str, dict[str, Any]] = {"paper": {}, "demo": DEMO_OVERRIDES}
 

@@ -148,6 +148,8 @@ def study_bootstrap_auc(pred: pd.DataFrame, split: str = "val", level: float = 0
     if len(studies) < 2:
         raise ValueError(f"study_bootstrap_auc: split {split!r} has {len(studies)} studies; resampling needs >= 2")
     labels = [g["label"].to_numpy() > 0 for g in studies]
+    if not any(t.any() for t in labels) or all(t.all() for t in labels):
+        raise ValueError(f"study_bootstrap_auc: split {split!r} holds only one class; the AUC needs both")
     probs = [g["prob"].to_numpy(float) for g in studies]
     rng = np.random.default_rng(seed)
     aucs = []
