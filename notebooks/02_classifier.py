@@ -298,8 +298,8 @@ pd.Series(record).round(3)
 # **neither**: visible pointing ≥ 0.75 is missed (0.67; no epoch of 32 reaches it, the best is 0.68 at epoch 16)
 # and AUC ≥ 0.95 is missed (0.904; the best epoch reads 0.919, epoch 31, on the thinned per-epoch subset of
 # section 5), by more than the AUC's own uncertainty: over resampled validation studies its 95 % interval is
-# 0.873–0.931 (section 6). Training is chaotic, and one seed is one draw: the same recipe and seed in float32 on an AVX2 CPU
-# (the previous run of this notebook) kept epoch 32 with AUC 0.913 and visible pointing 0.79, and on this CPU kind
+# 0.873–0.931 (section 6). Training is chaotic, and one seed is one draw: the same recipe and seed in float32 on an
+# AVX2 CPU (the previous run of this notebook) kept epoch 32 with AUC 0.913 and visible pointing 0.79, and on this CPU kind
 # seeds 1 and 2 reached visible pointing 0.80 and 0.81 with validation AUC 0.925 and 0.887
 # (`benchmarks.classifier_seeds` and `benchmarks.seed_dice_probe`). The pointing target is within the recipe's
 # reach, but not on every seed; the AUC target is met by none of the three. Section 6 shows where it is lost: on

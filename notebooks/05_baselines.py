@@ -228,8 +228,8 @@ print(f"{len(studies)} studies written to masks/unet/")
 # cell below), then the U-Net's masks (`masks/cam_unet/`), scored on the test studies in notebook 06.
 #
 # The demo leaves it off (`cam_unet_epochs = 0`): a second U-Net is a second training run (with the 48 epochs
-# measured since session 21: 527 s of training on this run's 2-core AVX512-BF16 CPU, about 9 min on top of a
-# chain that already takes 13.5–15.5 minutes of its 15 (session 22's run of it and this one, on the same CPU
+# measured since session 21: 527 s of training in session 22 on this run's CPU kind, about 9 min on top of a
+# chain that already takes 13.5–15.4 minutes of its 15 (session 22's run of it and this one, on the same CPU
 # kind); far more on a CPU that trains in float32). So the cells below
 # print that it was skipped and write nothing, and notebook 06 has no CAM → U-Net row. The measurement with `-p cam_unet_epochs=12` in docs/log.md comes from
 # a chain whose classifier gate was 0.7 (so CAM's $t$ and $q$ were tuned at that gate, not at this notebook's): a

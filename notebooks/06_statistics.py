@@ -226,8 +226,8 @@ table1
 #   0.53 (paper 0.46 / 0.12 / 0.42 / 0.47), so CAM, GradCAM++ and ScoreCAM pass the target of 0.45. On validation
 #   the same maps scored 0.55–0.58 (notebook 04), where the gate, $t$, $q$ and the SUV floor $f$ were chosen; test
 #   is 0.04–0.09 lower. The floor was adopted after scoring it on the 78 test-split studies outside the demo
-#   (`python -m benchmarks.holdout_probe`, README), where this classifier's maps reach 0.46 / 0.45 / 0.49 / 0.50
-#   with it and 0.31–0.32 without it: the 12 test studies here are in line, a little on the high side. (Without
+#   (`python -m benchmarks.holdout_probe`; README, *Demo results*), where this classifier's maps reach 0.46 / 0.45 /
+#   0.49 / 0.50 with it and 0.31–0.32 without it (docs/log.md, session 20): the 12 test studies here are in line, a little on the high side. (Without
 #   the floor, an earlier run gave 0.29–0.32 on them.) Study by study no pair of maps differs (median paired
 #   differences 0.000–0.009, p ≥ 0.28). The masks are compact: a median false-positive volume of 7.0–10.4 ml per
 #   study in 4.3–6.5 false-positive components (without the floor: 49–62 ml in 87–131), at a lesion sensitivity of

@@ -248,8 +248,15 @@ def test_study_bootstrap_auc_resamples_whole_studies() -> None:
         diagnostics.study_bootstrap_auc(pred, "val", level=0.3)
     with pytest.raises(ValueError, match="split 'test' has 1 studies"):
         diagnostics.study_bootstrap_auc(pred, "test")
-    with pytest.raises(ValueError, match="only one class"):
-        diagnostics.study_bootstrap_auc(pred.assign(label=1), "val")
+    for label in (0, 1):
+        with pytest.raises(ValueError, match="only one class"):
+            diagnostics.study_bootstrap_auc(pred.assign(label=label), "val")
+    with pytest.raises(ValueError, match="level must lie in"):
+        diagnostics.study_bootstrap_auc(pred, "val", level=95)
+    # one class per study: of the 27 draws of 3, the 9 without N or without P and Q are skipped; of the other 18,
+    # 6 hold P but not Q (AUC 1), 6 Q but not P (0) and 6 both (0.5): the middle fifth of them is 0.5
+    single = pd.DataFrame({"study_id": ["N", "P", "Q"], "split": "val", "label": [0, 1, 1], "prob": [0.5, 0.9, 0.1]})
+    assert diagnostics.study_bootstrap_auc(single, "val", level=0.2, draws=4000) == (0.5, 0.5)
 
 
 def test_auc_by_lesion_area_scores_each_bin_against_every_negative() -> None:

@@ -143,6 +143,8 @@ def study_bootstrap_auc(pred: pd.DataFrame, split: str = "val", level: float = 0
     """
     from sklearn.metrics import roc_auc_score
 
+    if not 0 < level < 1 or draws < 1:
+        raise ValueError(f"study_bootstrap_auc: level must lie in (0, 1) and draws be >= 1, got {level}, {draws}")
     rows = pred[pred["split"] == split]
     studies = [g for _, g in rows.groupby("study_id", sort=True)]
     if len(studies) < 2:
@@ -158,6 +160,8 @@ def study_bootstrap_auc(pred: pd.DataFrame, split: str = "val", level: float = 0
         if truth.all() or not truth.any():
             continue
         aucs.append(roc_auc_score(truth, np.concatenate([probs[i] for i in pick])))
+    if not aucs:
+        raise ValueError(f"study_bootstrap_auc: no draw of split {split!r} held both classes; raise draws")
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(aucs, [tail, 100 - tail])
     return float(low), float(high)
