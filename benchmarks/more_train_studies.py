@@ -34,7 +34,7 @@ def more_train_studies(path: Path, extra: int) -> pd.DataFrame:
     if len(picked) < extra:
         raise SystemExit(f"error: {path}: only {len(picked)} training studies outside the demo in its proportions")
     df.loc[picked.index, "demo"] = "1"
-    for column in ("ct_path", "pet_path", "seg_path"):
+    for column in manifest.PATH_FIELDS:
         df[column] = [str((path.parent / p).resolve()) for p in df[column]]
     return df
 
