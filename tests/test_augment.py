@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wsseg_nb.augment import AugmentParams, augment, drop_ct, gamma_suv, sample_params
+from wsseg_nb.augment import AugmentParams, augment, drop_ct, gamma_suv, random_crop, sample_params
 
 
 def _params(n: int, scale: float = 1.0, rotate: float = 0.0, translate: float = 0.0, gamma: float = 1.0) -> AugmentParams:
@@ -102,3 +102,28 @@ def test_drop_ct_blanks_the_ct_of_the_drawn_slices_only() -> None:
     assert torch.equal(out[~drawn, 1], x[~drawn, 1])
     assert 0.25 < drawn.float().mean() < 0.35
     assert drop_ct(x, 0.0, generator) is x  # p = 0 draws nothing, so the default runs replay their old draws
+
+
+def test_random_crop_takes_each_slice_window_at_its_drawn_offset() -> None:
+    n, size, crop = 200, 16, 8
+    x = torch.arange(n * 2 * size * size, dtype=torch.float32).reshape(n, 2, size, size)
+    mask = (x[:, 0] % 3 == 0).to(torch.uint8)
+    replay = torch.Generator().manual_seed(3)
+    top, left = (torch.randint(size - crop + 1, (n,), generator=replay) for _ in range(2))
+    out, out_mask = random_crop(x, mask, crop, torch.Generator().manual_seed(3))
+    assert out.shape == (n, 2, crop, crop) and out_mask.shape == (n, crop, crop)
+    for i in range(n):  # by hand: plain slicing at the replayed offsets
+        t, l = int(top[i]), int(left[i])
+        assert torch.equal(out[i], x[i, :, t:t + crop, l:l + crop])
+        assert torch.equal(out_mask[i], mask[i, t:t + crop, l:l + crop])
+    offsets = set(zip(top.tolist(), left.tolist()))
+    assert len(offsets) > 60 and min(min(o) for o in offsets) == 0 and max(max(o) for o in offsets) == size - crop
+
+
+def test_random_crop_of_the_whole_slice_is_the_slice_and_bad_sizes_are_refused() -> None:
+    x, mask = torch.rand(2, 2, 16, 16), torch.zeros(2, 16, 16, dtype=torch.uint8)
+    out, out_mask = random_crop(x, mask, 16, torch.Generator())
+    assert out is x and out_mask is mask
+    for size in (0, 17):
+        with pytest.raises(ValueError, match="crop size must be in 1..16"):
+            random_crop(x, mask, size, torch.Generator())

@@ -184,6 +184,24 @@ def test_ct_dropout_changes_training_and_guards_resume(tmp_path: Path) -> None:
         _fit(tmp_path / "drop", 2)
 
 
+def test_unet_crop_trains_on_windows_validates_on_whole_slices_and_guards_resume(tmp_path: Path) -> None:
+    seen: list[tuple[bool, tuple[int, ...]]] = []
+
+    def fit(out: Path, epochs: int, crop: int) -> None:
+        torch.manual_seed(0)
+        model = UNet(width=1 / 16)
+        model.register_forward_pre_hook(lambda module, args: seen.append((module.training, tuple(args[0].shape[-2:]))))
+        train.fit(model, torch.optim.Adam(model.parameters(), lr=1e-3), ToySlices(8, 1), ToySlices(4, 2), kind="unet",
+                  out_dir=out, epochs=epochs, batch=4, pos_weight=7.7, seed=3, device=torch.device("cpu"), crop=crop)
+
+    fit(tmp_path, 1, crop=SIZE // 2)
+    assert {shape for training, shape in seen if training} == {(SIZE // 2, SIZE // 2)}
+    assert {shape for training, shape in seen if not training} == {(SIZE, SIZE)}
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["hparams"]["crop"] == SIZE // 2
+    with pytest.raises(ValueError, match=r"differ in \['crop'\]"):
+        fit(tmp_path, 2, crop=0)
+
+
 def test_ema_model_by_hand() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
     ema = train.ema_model(model, 0.9)

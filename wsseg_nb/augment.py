@@ -104,6 +104,22 @@ def drop_ct(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tens
     return torch.cat([x[:, :1], x[:, 1:2] * ~drop[:, None, None, None]], dim=1)
 
 
+def random_crop(x: torch.Tensor, mask: torch.Tensor, size: int,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A size x size window of each slice (B,C,S,S) and its mask (B,S,S), at an offset drawn uniformly per slice."""
+    height, width = x.shape[-2:]
+    if not 0 < size <= min(height, width):
+        raise ValueError(f"crop size must be in 1..{min(height, width)} for {height}x{width} slices, got {size}")
+    if size == height == width:
+        return x, mask
+    top = torch.randint(height - size + 1, (len(x), 1, 1), generator=generator).to(x.device)
+    left = torch.randint(width - size + 1, (len(x), 1, 1), generator=generator).to(x.device)
+    steps = torch.arange(size, device=x.device)
+    b = torch.arange(len(x), device=x.device)[:, None, None]
+    rows, cols = top + steps[:, None], left + steps[None, :]  # (B, size, 1), (B, 1, size)
+    return x.permute(0, 2, 3, 1)[b, rows, cols].permute(0, 3, 1, 2), mask[b, rows, cols]
+
+
 def augment(x: torch.Tensor, mask: torch.Tensor, params: AugmentParams, engine: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
     """Apply the paper's augmentation with the chosen engine ('torch' on x's device, 'imgaug' on the CPU) (notebook 02)."""
     if engine == "torch":

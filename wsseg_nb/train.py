@@ -13,7 +13,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
-from .augment import augment, drop_ct, sample_params
+from .augment import augment, drop_ct, random_crop, sample_params
 from .config import SAMPLINGS
 from .diagnostics import pointing_probe
 from .errors import InputError
@@ -338,7 +338,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
         select: str | None = None, schedule: str = "constant", warmup_epochs: float = 0.0,
         thresholds: Sequence[float] = (0.5,), ct_dropout: float = 0.0, level_matched: bool = False,
         ema_decay: float = 0.0, val_every: int = 1, hparams: dict[str, Any] | None = None,
-        resume: bool = True, unsure: bool = False) -> pd.DataFrame:
+        resume: bool = True, unsure: bool = False, crop: int = 0) -> pd.DataFrame:
     """Train with augmentation; per epoch validate, write last.pt (atomic), best.pt and history.csv; resume from last.pt.
 
     An epoch visits every training slice (`sampling="all"`), or every tumor slice plus as many tumor-free ones
@@ -356,7 +356,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
     updated after every step, is what is validated and written to best.pt; `model` keeps the raw weights.
     `val_every` = k validates (and can keep) only every k-th epoch and the last; the other epochs' rows carry no
     validation scores. `unsure`: the training masks may hold UNSURE voxels (CAM -> U-Net pseudo-labels), which the
-    loss leaves out.
+    loss leaves out. `crop` > 0 trains on a random crop x crop window of each augmented slice
+    (`augment.random_crop`); validation and inference see whole slices.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -370,6 +371,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
         hparams["ct_dropout"] = ct_dropout
     if level_matched:
         hparams["level_matched"] = True
+    if crop > 0:
+        hparams["crop"] = crop
     if ema_decay > 0:
         hparams["ema_decay"] = ema_decay
     if schedule == "cosine":  # the decay depends on the total: a longer resumed run would change past epochs' lr
@@ -418,6 +421,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
             x, label, mask = _to_device((x, label, mask), device)
             x, mask = augment(x, mask, sample_params(len(x), aug_gen), engine)
             x = drop_ct(x, ct_dropout, aug_gen)
+            if crop > 0:
+                x, mask = random_crop(x, mask, crop, aug_gen)
             target, known = _target(kind, label, mask, unsure)
             loss = weighted_ce(_forward(model, x, device), target, pos_weight, known)
             optimizer.zero_grad(set_to_none=True)
@@ -569,7 +574,7 @@ def train_unet(run: Run, resume: bool = True) -> pd.DataFrame:
                batch=c.unet_batch, pos_weight=c.unet_pos_weight, seed=c.seed, device=run.device, workers=c.workers,
                engine=c.augment_engine, sampling=c.unet_sampling, schedule=c.unet_schedule, select=c.unet_select,
                thresholds=c.unet_threshold_grid, ema_decay=c.unet_ema, val_every=c.unet_val_every, hparams=hparams,
-               resume=resume)
+               resume=resume, crop=c.unet_crop)
 
 
 def unet_threshold(path: str | os.PathLike[str]) -> float:
