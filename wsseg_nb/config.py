@@ -98,7 +98,8 @@ class Config:
                               "moving average of them and of BatchNorm's statistics, updated every step, is "
                               "validated and kept")
     unet_crop: int = _p(0, "Sec. 2.3.3: trained on whole slices; c > 0: the supervised U-Net on a random c x c window "
-                           "of each augmented slice (a multiple of 8; validation and masks on whole slices)")
+                           "of each augmented slice (a multiple of 8; whole slices where c >= slice_size; validation and "
+                           "masks on whole slices)")
     unet_val_every: int = _p(1, "validated every epoch; k > 1: every k-th epoch and the last (the others cannot be kept)")
     unet_select: str = _p("val_dice", "the epoch kept (best.pt): pooled validation Dice at p >= 0.5 (the paper names no "
                                       "criterion); 'val_study_dice': median per-study 3D Dice, the reported metric")
@@ -545,8 +546,8 @@ def check(c: Config) -> Config:
         raise bad("cam_unet_method", f"expected one of {list(METHODS)}")
     if c.cam_unet_epochs and c.cam_unet_method not in c.cam_methods:
         raise bad("cam_unet_method", f"expected one of cam_methods {list(c.cam_methods)} (its t and q are tuned)")
-    if c.unet_crop < 0 or c.unet_crop % 8 or c.unet_crop > c.slice_size:
-        raise bad("unet_crop", f"expected 0 (whole slices) or a multiple of 8 up to slice_size {c.slice_size}")
+    if c.unet_crop < 0 or c.unet_crop % 8:
+        raise bad("unet_crop", "expected 0 (whole slices) or a positive multiple of 8 (three 2x2 max-pools)")
     if c.scorecam_topk < 0:
         raise bad("scorecam_topk", "must be >= 0 (0 = all channels)")
     return c

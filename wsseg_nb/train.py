@@ -574,7 +574,7 @@ def train_unet(run: Run, resume: bool = True) -> pd.DataFrame:
                batch=c.unet_batch, pos_weight=c.unet_pos_weight, seed=c.seed, device=run.device, workers=c.workers,
                engine=c.augment_engine, sampling=c.unet_sampling, schedule=c.unet_schedule, select=c.unet_select,
                thresholds=c.unet_threshold_grid, ema_decay=c.unet_ema, val_every=c.unet_val_every, hparams=hparams,
-               resume=resume, crop=c.unet_crop)
+               resume=resume, crop=c.unet_crop if c.unet_crop < c.slice_size else 0)
 
 
 def unet_threshold(path: str | os.PathLike[str]) -> float:
