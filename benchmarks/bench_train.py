@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from wsseg_nb.augment import augment, sample_params
+from wsseg_nb.augment import augment, random_crop, sample_params
 from wsseg_nb.config import get_config
 from wsseg_nb.models import VGG16CAM
 from wsseg_nb.runs import pick_device
@@ -25,7 +25,8 @@ def _sync(device: torch.device) -> None:
 
 
 def bench(kind: str, profile: str, device: torch.device, steps: int, batch_override: int = 0) -> dict[str, object]:
-    """Slices/s and achieved FLOP/s of augmented training steps on synthetic batches (data loading: see train.fit)."""
+    """Slices/s and achieved FLOP/s of augmented training steps on synthetic batches (data loading: see train.fit);
+    `size` is what the net sees (the U-Net's window where the profile sets unet_crop)."""
     cfg = get_config(profile)
     size = cfg.slice_size
     if kind == "classifier":
@@ -42,8 +43,12 @@ def bench(kind: str, profile: str, device: torch.device, steps: int, batch_overr
     label = mask.flatten(1).amax(1).float()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    crop = cfg.unet_crop if kind == "unet" and 0 < cfg.unet_crop < size else 0
+
     def train_step() -> None:
         xa, ma = augment(x, mask, sample_params(batch, gen), cfg.augment_engine)
+        if crop:  # the demo U-Net's random windows (unet_crop), as train.fit
+            xa, ma = random_crop(xa, ma, crop, gen)
         out = _forward(model, xa, device)
         target, known = _target(kind, label, ma)
         loss = weighted_ce(out, target, cfg.cls_pos_weight if kind == "classifier" else cfg.unet_pos_weight, known)
@@ -67,7 +72,7 @@ def bench(kind: str, profile: str, device: torch.device, steps: int, batch_overr
     paper_epoch_h = PAPER_TRAIN_SLICES / rate / 3600
     memory = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return {"kind": kind, "profile": profile, "size": size, "batch": batch, "step_ms": 1000 * step,
+    return {"kind": kind, "profile": profile, "size": crop or size, "batch": batch, "step_ms": 1000 * step,
             "slices_per_s": rate, "tflop_per_s": counter.get_total_flops() / step / 1e12, "peak_mem_MiB": memory,
             "paper_epoch_h": paper_epoch_h,
             f"paper_{epochs}_epochs_h": paper_epoch_h * epochs}
