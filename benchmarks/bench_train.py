@@ -13,7 +13,7 @@ from wsseg_nb.augment import augment, random_crop, sample_params
 from wsseg_nb.config import get_config
 from wsseg_nb.models import VGG16CAM
 from wsseg_nb.runs import pick_device
-from wsseg_nb.train import _forward, _target, classifier_optimizer, unet_model, unet_optimizer, weighted_ce
+from wsseg_nb.train import _forward, _target, classifier_optimizer, unet_model, unet_optimizer, unet_window, weighted_ce
 
 PAPER_TRAIN_SLICES = int(453 * 330 * 0.6)
 """Paper scale: 453 studies x ~330 slices (2x2x3 mm) x 60% training."""
@@ -25,8 +25,7 @@ def _sync(device: torch.device) -> None:
 
 
 def bench(kind: str, profile: str, device: torch.device, steps: int, batch_override: int = 0) -> dict[str, object]:
-    """Slices/s and achieved FLOP/s of augmented training steps on synthetic batches (data loading: see train.fit);
-    `size` is what the net sees (the U-Net's window where the profile sets unet_crop)."""
+    """Slices/s and FLOP/s of augmented training steps on synthetic batches (`size`: what the net sees)."""
     cfg = get_config(profile)
     size = cfg.slice_size
     if kind == "classifier":
@@ -43,7 +42,7 @@ def bench(kind: str, profile: str, device: torch.device, steps: int, batch_overr
     label = mask.flatten(1).amax(1).float()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    crop = cfg.unet_crop if kind == "unet" and 0 < cfg.unet_crop < size else 0
+    crop = unet_window(cfg) if kind == "unet" else 0
 
     def train_step() -> None:
         xa, ma = augment(x, mask, sample_params(batch, gen), cfg.augment_engine)

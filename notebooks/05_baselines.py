@@ -108,18 +108,19 @@ print(f"{len(list(folder.glob('*.npz')))} studies written to {folder.relative_to
 # The demo profile narrows it (`unet_width`), trains far fewer epochs, and samples as the demo classifier does
 # (`unet_sampling = "balanced"`: every tumor slice plus as many tumor-free ones per epoch). It trains 72 epochs
 # (`unet_epochs`) on **random 64 × 64 windows** of the augmented 128 × 128 slices (`unet_crop`,
-# `augment.random_crop`: one offset drawn uniformly per slice, so a window holds lesion pixels in the same share
-# as whole slices do). A fully convolutional net applies to any image size, so it is validated and applied to
-# whole slices; a window has a quarter of the pixels, and a training step costs about a third (355 against 132
-# slices/s on this CPU kind). Measured on two seeds (`python -m benchmarks.unet_seeds ... -p unet_crop=64`,
-# `config.DEMO_OVERRIDES`): the validation median per-study Dice at the kept epoch is 0.654 / 0.614 after 72
-# epochs on windows against 0.626 / 0.682 after 48 on whole slices (the previous run's budget, ~490 s of
-# training); on the 78 test-split studies outside the demo (`python -m benchmarks.holdout_probe`) the windows
-# score 0.670 / 0.666 against 0.643 / 0.63, in ~320 s. Windows that always hold a lesion pixel (as nnU-Net
-# samples foreground) did no better (0.661 held out) and taught a lesion prior four times too high. The model
-# is validated every 12th epoch (`unet_val_every = 12`: a validation pass costs about half an epoch on a 2-core
-# CPU in float32); training is unchanged, but `best.pt` can only keep one of those six epochs. Even in a tumor
-# slice only about 0.4 % of the pixels are lesion. Four more demo deviations, each measured on the validation split (`config.DEMO_OVERRIDES`):
+# `augment.random_crop`: one offset drawn uniformly per slice, not steered to lesions). A fully convolutional net
+# applies to any image size, so it is validated and applied to whole slices; a window has a quarter of the pixels,
+# and a training step costs about a third (355 against 132 slices/s on the AVX512-BF16 CPU of this run, in bf16).
+# Measured on two seeds (`python -m benchmarks.unet_seeds ... -p unet_crop=64`, `config.DEMO_OVERRIDES`): the
+# validation median per-study Dice at the kept epoch is 0.654 / 0.614 after 72 epochs on windows against 0.626 /
+# 0.682 after 48 on whole slices (the previous run's budget, ~490–550 s of training), a tie on 12 studies, and at
+# equal epochs the windows score less (0.551 / 0.504 at 48). The windows were adopted on the 78 test-split studies
+# outside the demo (`python -m benchmarks.holdout_probe`): 0.670 / 0.666 against 0.643 / 0.63, in ~320–345 s of
+# training. Windows forced onto a lesion pixel whenever the slice has one (nnU-Net forces this on a third of each
+# batch) did no better (0.661 held out). The model is validated every 12th epoch (`unet_val_every = 12`: a
+# validation pass on whole slices costs about an epoch on windows); training is unchanged, but `best.pt` can only
+# keep one of those six epochs. Even in a tumor slice only about 0.4 % of the pixels are lesion. Four more demo
+# deviations, each measured on the validation split (`config.DEMO_OVERRIDES`):
 #
 # * **BatchNorm after each convolution** (`unet_norm`). The authors' U-Net has none; in the comparison recorded
 #   in `config.DEMO_OVERRIDES`, from scratch at lr $2\cdot10^{-3}$ it predicted nothing for 4 epochs and then
@@ -225,7 +226,8 @@ print(f"{len(studies)} studies written to masks/unet/")
 # cuts a mask in every *training* slice whose weak label is "tumor" (with `cam_unet_gate="classifier"` only in
 # those the classifier also calls, the slices $t$ and $q$ were tuned on; the others are left out of training);
 # tumor-free slices get an empty mask. A U-Net with the supervised baseline's loop, loss, augmentation and settings
-# learns from those masks. Its masks, like Algorithm 1's, cover only the slices the classifier calls at the tuned
+# learns from those masks, on whole slices (its 48-epoch recipe was measured so; `unet_crop` is the supervised
+# U-Net's). Its masks, like Algorithm 1's, cover only the slices the classifier calls at the tuned
 # gate (`cam_unet_gated`; line 1 of Algorithm 1). No voxel label of a training study is used; validation scores
 # against the validation studies' lesion masks, as it does for every other method's $t$, $q$, gate and epoch.
 # When it runs, two stages give two numbers: the pseudo-labels against the truth on the training studies (first

@@ -111,7 +111,7 @@ def test_random_crop_takes_each_slice_window_at_its_drawn_offset() -> None:
     replay = torch.Generator().manual_seed(3)
     top, left = (torch.randint(size - crop + 1, (n,), generator=replay) for _ in range(2))
     out, out_mask = random_crop(x, mask, crop, torch.Generator().manual_seed(3))
-    assert out.shape == (n, 2, crop, crop) and out_mask.shape == (n, crop, crop)
+    assert out.shape == (n, 2, crop, crop) and out_mask.shape == (n, crop, crop) and out_mask.dtype == torch.uint8
     for i in range(n):  # by hand: plain slicing at the replayed offsets
         t, l = int(top[i]), int(left[i])
         assert torch.equal(out[i], x[i, :, t:t + crop, l:l + crop])

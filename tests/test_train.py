@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from wsseg_nb import train
+from wsseg_nb.config import get_config
 from wsseg_nb.models import UNet, VGG16CAM
 
 SIZE = 32
@@ -200,6 +201,19 @@ def test_unet_crop_trains_on_windows_validates_on_whole_slices_and_guards_resume
     assert torch.load(tmp_path / "last.pt", weights_only=False)["hparams"]["crop"] == SIZE // 2
     with pytest.raises(ValueError, match=r"differ in \['crop'\]"):
         fit(tmp_path, 2, crop=0)
+    fit(tmp_path / "whole", 1, crop=0)  # no key when off, so checkpoints written before the option still resume
+    assert "crop" not in torch.load(tmp_path / "whole" / "last.pt", weights_only=False)["hparams"]
+    with pytest.raises(ValueError, match="crop is for the U-Net"):
+        train.fit(VGG16CAM(width=1 / 16), torch.optim.SGD(VGG16CAM(width=1 / 16).parameters(), lr=0.1), ToySlices(4, 1),
+                  ToySlices(4, 2), kind="classifier", out_dir=tmp_path / "cls", epochs=1, batch=4, pos_weight=1.0,
+                  seed=0, device=torch.device("cpu"), crop=8)
+
+
+def test_unet_window_is_the_crop_below_the_slice_size_else_whole_slices() -> None:
+    assert train.unet_window(get_config("demo")) == 64
+    assert train.unet_window(get_config("demo", slice_size=64)) == 0
+    assert train.unet_window(get_config("demo", unet_crop=0)) == 0
+    assert train.unet_window(get_config("paper")) == 0
 
 
 def test_ema_model_by_hand() -> None:

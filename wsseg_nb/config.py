@@ -348,16 +348,17 @@ the 78 held-out test-split studies outside the demo (`python -m benchmarks.holdo
 split, read once by session 21's chain: 0.663 (36 epochs: 0.63).
 
 unet_crop 64 with unet_epochs 72 (session 24, AVX512-BF16 in bf16): a random 64 x 64 window of each augmented
-128 x 128 slice (a quarter of the pixels, uniform offsets, so the lesion-pixel share is the whole slices') makes a
-U-Net step 2.7x cheaper (`augment.random_crop`; 132 -> 355 slices/s on synthetic batches, 10.2 -> 4.4-4.8 s per
-balanced epoch in training). `python -m benchmarks.unet_seeds --run-dir runs/demo --seeds 0 1 --budgets 48 72
+128 x 128 slice (a quarter of the pixels; offsets drawn uniformly, not steered to lesions) makes a U-Net step
+2.7x cheaper (`augment.random_crop`; `benchmarks.bench_train`-style synthetic batches: 132 -> 355 slices/s; 10.2
+-> 4.4-4.8 s per balanced epoch in training). `python -m benchmarks.unet_seeds --run-dir runs/demo --seeds 0 1 --budgets 48 72
 -p unet_epochs=72 -p unet_crop=64`, then `python -m benchmarks.holdout_probe --no-maps` on each: validation
 per-study Dice 0.551 / 0.504 at 48 epochs and 0.654 / 0.614 at 72 (seeds 0 / 1; whole slices at 48: 0.626 / 0.682),
-on the 78 held-out studies **0.670 / 0.666** (whole slices at 48: 0.643 / 0.63), MTV ICC 0.83 / 0.93, in ~320 s of
-training instead of ~490 s. Rejected: windows that hold a lesion pixel whenever the slice has one (nnU-Net-style
-foreground sampling): 0.616 at 48 and 0.652 at 72 on validation, 0.661 held out (seed 0), a lesion prior four
-times the whole slices' (its threshold stuck at the grid's 0.9). The CAM -> U-Net keeps whole slices: its recipe
-(48 epochs, below) was measured that way.
+on the 78 held-out studies **0.670 / 0.666** (whole slices at 48: 0.643 / 0.63), MTV ICC 0.83 / 0.93, in ~320-345
+s of training instead of ~490-550 s. Adopted on the held-out studies: on 12 validation studies one seed rose and
+one fell, and at equal epochs (48) the windows score less; they win because 72 of them cost less than 48 whole
+slices. Rejected: windows forced onto a lesion pixel whenever the slice has one (nnU-Net forces this on a third of
+each batch): 0.616 at 48 and 0.652 at 72 on validation, 0.661 held out (seed 0), no better, and a pixel draw per
+slice more. The CAM -> U-Net keeps whole slices: its recipe (48 epochs, below) was measured that way.
 
 CAM -> U-Net (session 6, issue 14): cam_unet_epochs 0 makes it opt-in in the demo (`-p cam_unet_epochs=12`). On a
 2-core AVX2 CPU without bf16 one U-Net epoch costs about 85 s (37 s with AVX512-BF16), so a second U-Net adds about
@@ -429,7 +430,8 @@ Session 20 (SUV floor searched, 78 held-out studies, `benchmarks.holdout_probe`)
 top-8's 0.495. Rejected:
 U-Net training on 64x64 crops holding a lesion pixel (nnU-Net-style patches; 17 instead of 45 ms per training
 slice): seed 0 reached a median per-study validation Dice of 0.23 at epoch 15 against 0.47 on whole slices (session
-14's run at the same epoch); a crop shows the net too little of a slice's physiology.
+14's run at the same epoch); a crop shows the net too little of a slice's physiology. (Session 24 adopted uniform
+64 x 64 windows with 72 epochs, judged on held-out studies: unet_crop above.)
 The demo keeps 30 training studies (`manifest.DEMO_PER_SPLIT`; session 23, docs/log.md): with 60 (the 30 and 30
 more, unet_epochs 24 for the same U-Net steps) the chain took 967 s in a fresh clone (this one: 923 s on the same
 machine); the classifier rose (seed 0 val AUC 0.949, visible pointing 0.82; 78 held-out studies AUC 0.938 against

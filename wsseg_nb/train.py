@@ -361,6 +361,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if crop and kind != "unet":
+        raise ValueError(f"crop is for the U-Net's pixel labels; a window can cut the lesion of a {kind} slice label")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     select = select or ("val_auc" if kind == "classifier" else "val_dice")
@@ -563,6 +565,11 @@ def unet_model(c: Config) -> UNet:
     return UNet(c.unet_width, c.unet_norm)
 
 
+def unet_window(c: Config) -> int:
+    """The supervised U-Net's training window: unet_crop, or 0 (whole slices) where it is 0 or >= slice_size."""
+    return c.unet_crop if c.unet_crop < c.slice_size else 0
+
+
 def train_unet(run: Run, resume: bool = True) -> pd.DataFrame:
     """The U-Net baseline with Adam (lr from the config, betas 0.9/0.999), weighted CE, `unet_sampling`; writes run_dir/unet/ (notebook 05)."""
     c = run.config
@@ -574,7 +581,7 @@ def train_unet(run: Run, resume: bool = True) -> pd.DataFrame:
                batch=c.unet_batch, pos_weight=c.unet_pos_weight, seed=c.seed, device=run.device, workers=c.workers,
                engine=c.augment_engine, sampling=c.unet_sampling, schedule=c.unet_schedule, select=c.unet_select,
                thresholds=c.unet_threshold_grid, ema_decay=c.unet_ema, val_every=c.unet_val_every, hparams=hparams,
-               resume=resume, crop=c.unet_crop if c.unet_crop < c.slice_size else 0)
+               resume=resume, crop=unet_window(c))
 
 
 def unet_threshold(path: str | os.PathLike[str]) -> float:
