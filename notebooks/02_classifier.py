@@ -199,8 +199,8 @@ print(f"by hand {by_hand:.6f}, package {float(train.weighted_ce(z, y, 7.7)):.6f}
 #
 # Where the processor computes bfloat16 natively (`train.native_bf16`: CUDA, or a CPU with AVX512-BF16/AMX)
 # the forward and backward passes run in it, about twice as fast as float32 on two cores (measured on a CPU
-# with AMX), as in this run (a CPU with AVX512-BF16); elsewhere they run in float32. Here the 32 epochs took 110 s
-# of training, 3.4 s each (186 s in this session, with the per-epoch validation). In the curves below the
+# with AMX), as in this run (a CPU with AVX512-BF16); elsewhere they run in float32. Here the 32 epochs took 100 s
+# of training, 3.1 s each (177 s in this session, with the per-epoch validation). In the curves below the
 # training loss leaves the plateau only slowly (0.59 at epoch 6, 0.48 at epoch 16, 0.35 at epoch 32); the
 # validation AUC reads 0.65 after the first epoch, first reaches 0.90 at epoch 20, falls back to 0.81 at epoch 21,
 # peaks at 0.92 at epoch 31 and ends at 0.92: it never reaches 0.95.

@@ -238,7 +238,7 @@ table1
 #   0.12–0.19. Study by study the gap is smaller, since a median of differences is not a difference of medians:
 #   map − threshold is +0.023 (GradCAM++) to +0.044 (ScoreCAM). After Holm's correction CAM (+0.032, p = 0.003,
 #   Holm 0.041) and GradCAM (+0.029, p = 0.001, Holm 0.015) are significantly above it, the only two significant
-#   differences of the 15; GradCAM++ (p = 0.12) and ScoreCAM (p = 0.083) are not (Holm 0.99 and 0.83). Both run
+#   differences of the 15; GradCAM++ (p = 0.12) and ScoreCAM (p = 0.083) are not (Holm 1.00 and 0.996). Both run
 #   on the same gated slices (notebook 05) and differ only in the cut inside them: the threshold keeps more false
 #   volume (11.0 ml in 7.1 components per study) and misses more lesion (sensitivity 0.49, false-negative volume
 #   9.9 ml against 5.9–7.4).
@@ -253,7 +253,7 @@ table1
 #   out at about 17 ml (read off Fig. 6). GradCAM++ and ScoreCAM, tuned to a lower floor (2.5 against 3.0, notebook 04),
 #   keep more of PETCT_0051 (133 and 138 ml). The median |ΔMTV| of the maps is 12–17 ml (paper 24–30), the signed median
 #   −9 to 0 ml. As in the paper the largest burden (445 ml) is underestimated by every method: by about 200–240 ml by
-#   the maps and the threshold, by about 80 ml by the U-Net (Bland–Altman plots); this one study moves each map's bias
+#   the maps and the threshold, by 74 ml by the U-Net (Bland–Altman plots); this one study moves each map's bias
 #   (−24 ml for CAM to −9 ml for GradCAM++) down by 17–20 ml. For TLG the maps reach 0.91–0.96 (paper 0.40–0.85), the
 #   threshold 0.95 (paper 0.88).
 # * **No GradCAM gap.** GradCAM scores about as CAM (0.46 against 0.49; median paired difference CAM − GradCAM
@@ -261,41 +261,53 @@ table1
 #   GradCAM *is* ReLU(CAM) (notebook 03), so the paper's gap cannot appear. The two differ only in the
 #   normalisation (CAM's 0 is its most negative value, GradCAM's is 0), so each is tuned to its own $t$ (0.63 and
 #   0.28, both with $f = 3$, notebook 04).
-# * **The U-Net: first in the median, target of 0.65 met.** It scores 0.66 (IQR 0.38; paper 0.72), the highest
-#   median of this run, 0.13 above the best map, with the highest lesion sensitivity (0.78; the maps 0.51–0.53)
-#   and the smallest median false-negative volume (0.38 ml), but the most false-positive components (11.1 per
-#   study, at a median false volume of 9.4 ml). Study by study its lead is not established: map − U-Net is
-#   −0.136 to −0.152 (p = 0.064–0.11, Holm 0.77–0.99) and threshold − U-Net −0.175 (p = 0.007, Holm 0.089).
+# * **The U-Net: first in the median, target of 0.65 met.** It scores 0.70 (IQR 0.48; paper 0.72), the highest
+#   median of this run, 0.17 above the best map, with the highest lesion sensitivity (0.74; the maps 0.51–0.53),
+#   the smallest median false-negative volume (1.3 ml; the maps 5.9–7.4) and the smallest median false-positive
+#   volume (6.3 ml; the maps 7.0–10.4), though in more false-positive components (6.9 per study) than any map
+#   (4.3–6.5). Study by study its lead is not established: map − U-Net is −0.020 (GradCAM) to −0.075 (ScoreCAM)
+#   (p = 0.13–0.27, Holm 1.0) and threshold − U-Net −0.207 (p = 0.027, Holm 0.35).
 #   (Without the floor, an earlier run's U-Net, 0.59, was significantly above every other method, Holm $p$ 0.007,
-#   because the maps scored 0.29–0.32.) It scores 0.73 on lung cancer, but 0.04 on PETCT_0051 and PETCT_0174, the
-#   two patients with diffuse muscle uptake: it finds their lesions (all 3 of PETCT_0051's) and takes the muscle
-#   with them, about 0.2 l too much in each (Fig. 6), 238 ml of false positive in 48 components on PETCT_0051
-#   (section 4). The demo trains 48 epochs, and the kept epoch is again the last (48 of 48, validation 0.626 at
-#   $p \ge 0.8$, notebook 05): validation was still rising, so training length still limits it. On two seeds 48
-#   epochs reach 0.626 / 0.682 on validation (`python -m benchmarks.unet_seeds`), and seed 0 reaches 0.64 on the
-#   78 held-out studies (0.44 at 24 epochs, 0.54 at 36). The previous run stopped at 36 (validation 0.548, test
-#   0.63) because on CI's then 2-core AVX2 CPU in float32 48 epochs would have added ~23 min to the chain (36 add
-#   ~11 min); the 12 more epochs bought +0.03 on test. They did not buy agreement: median |ΔMTV| 13 ml (paper
-#   17 ml), but MTV ICC 0.72 (paper 0.94; previous run 0.86), below every map, with a bias of +33 ml. Both are set
-#   by the two muscle-uptake patients (the two points near +0.2 l in the Bland–Altman plot), while the largest
-#   burden is underestimated by only about 80 ml. TLG ICC 0.93 (paper 0.99; median |ΔTLG| 79 g, paper 50 g).
+#   because the maps scored 0.29–0.32.) It scores 0.72 on lung cancer, but 0.06 on PETCT_0051 and 0.09 on
+#   PETCT_0174, the two patients with diffuse muscle uptake: it finds their lesions (all 3 of PETCT_0051's, 4 of
+#   PETCT_0174's 5) and takes the muscle with them. On PETCT_0051 it predicts 455 ml for 20 ml of tumour: 106 ml
+#   in 29 false-positive components (section 4) and about 340 ml of false volume in the two components that touch
+#   its lesions, which the false-positive volume does not count; on PETCT_0174 63 ml for 8 ml (60 ml of false
+#   positive in 18 components). The demo trains 72 epochs on random 64 × 64 windows of the slices (`unet_crop`, notebook
+#   05); a window step costs about a third of a whole-slice step, so training took 363 s against the previous
+#   run's 549 s for 48 epochs on whole slices. The kept epoch is again the last (72 of 72, validation 0.654 at
+#   $p \ge 0.9$, notebook 05), after its largest rise (from 0.584 at epoch 60), so training length may still
+#   limit it. The windows were adopted on the 78 held-out studies (`python -m benchmarks.unet_seeds`, then
+#   `benchmarks.holdout_probe`): 0.670 / 0.666 on two seeds against 0.643 / 0.63 for 48 epochs on whole slices,
+#   while on the 12 validation studies one seed rose and one fell (0.654 / 0.614 against 0.626 / 0.682). On test
+#   this run's 0.70 compares with the previous run's 0.66 (and 0.63 at 36 epochs before that). The windows did not
+#   buy agreement here: median |ΔMTV| 11 ml (IQR 45; paper 17 ml), the smallest of all methods, but MTV ICC 0.56
+#   [0.01, 0.85] (paper 0.94; previous run 0.72), below every map (0.75–0.84) and the threshold (0.67), with a
+#   bias of +27 ml. Both are set by the two muscle-uptake patients, PETCT_0051 above all: its +435 ml lies far
+#   above the upper limit of agreement it widens (−232 to +287 ml in the Bland–Altman plot), PETCT_0174 adds
+#   +56 ml, and without PETCT_0051 the MTV ICC would be 0.96 and the bias −10 ml (from `per_study.csv`). The
+#   largest burden is underestimated by only 74 ml (371 ml predicted). On the 78 held-out studies the windows
+#   raised the MTV ICC (0.83 / 0.93 on the two seeds against 0.68 / 0.89 on whole slices), so the drop here is
+#   one patient of 12, not a general loss of agreement. TLG ICC 0.87 (paper 0.99; previous run 0.93), also below
+#   every map and the threshold, for the same reason (median |ΔTLG| 36 g, paper 50 g).
 # * **The limiting stages** (notebooks 02, 04 and 05). For the maps, on validation: a perfect CAM region of 32 mm
 #   cells would allow 0.75 with the floor (the ceiling); the maps reach 0.66–0.69 on exactly the tumorous slices
 #   and 0.55–0.58 behind the gate ($p \ge 0.9$: 169 slices called, precision 0.85, recall 0.53), so the gate
 #   costs 0.08–0.14 and the maps 0.06–0.09. On test the classifier separates the slices less well (AUC 0.853
 #   against 0.904 on validation, notebook 02; 142 test slices called, notebook 05), and the maps fall 0.04–0.09
-#   below their validation Dice. For the U-Net: its training length, and on test the muscle uptake of two patients
-#   (above). For the MTV agreement of the maps and the threshold: the largest burden, underestimated by about half;
-#   for the U-Net's: those two patients.
+#   below their validation Dice. For the U-Net: on test the muscle uptake of two patients (above), and perhaps
+#   still its training length (validation rose to the last epoch). For the MTV agreement of the maps and the
+#   threshold: the largest burden, underestimated by about half; for the U-Net's: those two patients, PETCT_0051
+#   above all.
 
 # %% [markdown]
 # ## 8. By diagnosis
 #
 # Lymphoma lesions are large and avid, melanoma metastases small and faint; the mix of diagnoses in a test set moves
-# every median. Here every method scores best on lung cancer (maps 0.61–0.65, threshold 0.49, U-Net 0.73; 6
+# every median. Here every method scores best on lung cancer (maps 0.61–0.65, threshold 0.49, U-Net 0.72; 6
 # studies). The maps and the threshold score worst on melanoma (4 studies: 0.22–0.23 and 0.21), where the U-Net
-# keeps 0.48, its clearest lead. On lymphoma (only 2 studies, one of them PETCT_0051) the medians are 0.43–0.49
-# for the maps, 0.46 for the threshold and 0.38 for the U-Net, its lowest. Note the small groups: the legend gives
+# keeps 0.43, its clearest lead. On lymphoma (only 2 studies, one of them PETCT_0051) the medians are 0.42–0.49
+# for the maps, 0.46 for the threshold and 0.42 for the U-Net, its lowest. Note the small groups: the legend gives
 # each n. The right panel shows the median false-positive volume on lesion-free studies, what each method segments
 # where there is nothing; this test split has none (n = 0), so the panel is empty, as is the summary's
 # `negatives_fp_volume_ml_median` column (NaN).
@@ -391,8 +403,8 @@ print(f"U-Net, {n_u} studies with lesions: mean difference d = {d_bar:.1f} ml; M
 # stays the same. With two raters $MS_C = n\,\bar d^2 / 2$, $\bar d$ the mean difference estimate − truth;
 # the shift makes it $n(\bar d + 20)^2/2$. That grows only when $\bar d > -10$ ml (by $n \cdot 20^2/2$ exactly
 # when $\bar d = 0$), and then ICC(2,1) drops; for a method that under-estimates by more than 10 ml the same
-# shift would *raise* it. The printed $\bar d$ says which case this run's U-Net is in: $\bar d$ = 33.3 ml, an
-# over-estimate (above −10 ml), so $MS_C$ grows (6,649 → 17,038) and ICC(2,1) drops (0.723 → 0.685), while
+# shift would *raise* it. The printed $\bar d$ says which case this run's U-Net is in: $\bar d$ = 27.3 ml, an
+# over-estimate (above −10 ml), so $MS_C$ grows (4,457 → 13,399) and ICC(2,1) drops (0.563 → 0.542), while
 # ICC(3,1) does not move. The paper's choice penalises a systematic offset, whichever way it points.
 #
 # **3. 6- vs 18-connectivity.** How does the false-positive volume of GradCAM change with face-only
