@@ -115,7 +115,7 @@ print(f"{len(list(folder.glob('*.npz')))} studies written to {folder.relative_to
 # validation median per-study Dice at the kept epoch is 0.654 / 0.614 after 72 epochs on windows against 0.626 /
 # 0.682 after 48 on whole slices (the previous run's budget, ~490–550 s of training), a tie on 12 studies, and at
 # equal epochs the windows score less (0.551 / 0.504 at 48). The windows were adopted on the 78 test-split studies
-# outside the demo (`python -m benchmarks.holdout_probe`): 0.670 / 0.666 against 0.643 / 0.63, in ~320–345 s of
+# outside the demo (`python -m benchmarks.holdout_probe`): 0.670 / 0.666 against 0.643 / 0.63, in ~355–365 s of
 # training. Windows forced onto a lesion pixel whenever the slice has one (nnU-Net forces this on a third of each
 # batch) did no better (0.661 held out). The model is validated every 12th epoch (`unet_val_every = 12`: a
 # validation pass on whole slices costs about an epoch on windows); training is unchanged, but `best.pt` can only

@@ -274,7 +274,7 @@ table1
 #   in 29 false-positive components (section 4) and about 340 ml of false volume in the two components that touch
 #   its lesions, which the false-positive volume does not count; on PETCT_0174 63 ml for 8 ml (60 ml of false
 #   positive in 18 components). The demo trains 72 epochs on random 64 × 64 windows of the slices (`unet_crop`, notebook
-#   05); a window step costs about a third of a whole-slice step, so training took 363 s against the previous
+#   05); a window epoch costs less than half a whole-slice epoch, so training took 363 s against the previous
 #   run's 549 s for 48 epochs on whole slices. The kept epoch is again the last (72 of 72, validation 0.654 at
 #   $p \ge 0.9$, notebook 05), after its largest rise (from 0.584 at epoch 60), so training length may still
 #   limit it. The windows were adopted on the 78 held-out studies (`python -m benchmarks.unet_seeds`, then

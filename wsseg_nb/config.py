@@ -350,10 +350,10 @@ split, read once by session 21's chain: 0.663 (36 epochs: 0.63).
 unet_crop 64 with unet_epochs 72 (session 24, AVX512-BF16 in bf16): a random 64 x 64 window of each augmented
 128 x 128 slice (a quarter of the pixels; offsets drawn uniformly, not steered to lesions) makes a U-Net step
 2.7x cheaper (`augment.random_crop`; `benchmarks.bench_train`-style synthetic batches: 132 -> 355 slices/s; 10.2
--> 4.4-4.8 s per balanced epoch in training). `python -m benchmarks.unet_seeds --run-dir runs/demo --seeds 0 1 --budgets 48 72
+-> 4.9-5.0 s per balanced epoch in training). `python -m benchmarks.unet_seeds --run-dir runs/demo --seeds 0 1 --budgets 24 48 72
 -p unet_epochs=72 -p unet_crop=64`, then `python -m benchmarks.holdout_probe --no-maps` on each: validation
 per-study Dice 0.551 / 0.504 at 48 epochs and 0.654 / 0.614 at 72 (seeds 0 / 1; whole slices at 48: 0.626 / 0.682),
-on the 78 held-out studies **0.670 / 0.666** (whole slices at 48: 0.643 / 0.63), MTV ICC 0.83 / 0.93, in ~320-345
+on the 78 held-out studies **0.670 / 0.666** (whole slices at 48: 0.643 / 0.63), MTV ICC 0.83 / 0.93, in ~355-365
 s of training instead of ~490-550 s. Adopted on the held-out studies: on 12 validation studies one seed rose and
 one fell, and at equal epochs (48) the windows score less; they win because 72 of them cost less than 48 whole
 slices. Rejected: windows forced onto a lesion pixel whenever the slice has one (nnU-Net forces this on a third of
@@ -433,10 +433,11 @@ slice): seed 0 reached a median per-study validation Dice of 0.23 at epoch 15 ag
 14's run at the same epoch); a crop shows the net too little of a slice's physiology. (Session 24 adopted uniform
 64 x 64 windows with 72 epochs, judged on held-out studies: unet_crop above.)
 The demo keeps 30 training studies (`manifest.DEMO_PER_SPLIT`; session 23, docs/log.md): with 60 (the 30 and 30
-more, unet_epochs 24 for the same U-Net steps) the chain took 967 s in a fresh clone (this one: 923 s on the same
-machine); the classifier rose (seed 0 val AUC 0.949, visible pointing 0.82; 78 held-out studies AUC 0.938 against
-0.905), but the U-Net fell (test 0.50, held-out 0.47 against 0.66 / 0.64) and ScoreCAM too (test 0.41, held-out
-0.43 against 0.53 / 0.50)."""
+more, unet_epochs 24 for the same U-Net steps) the chain took 967 s in a fresh clone (session 23's 30-study chain:
+923 s on the same machine); the classifier rose (seed 0 val AUC 0.949, visible pointing 0.82; 78 held-out studies
+AUC 0.938 against 0.905), but the U-Net fell (test 0.50, held-out 0.47 against session 23's 0.66 / 0.64) and
+ScoreCAM too (test 0.41, held-out 0.43 against 0.53 / 0.50). Session 24, with the U-Net on 64 x 64 windows for 36
+epochs (the steps of 72 on 30 studies): validation 0.507 against 0.654 on 30 studies, rejected again."""
 
 PROFILES: dict[str, dict[str, Any]] = {"paper": {}, "demo": DEMO_OVERRIDES}
 
