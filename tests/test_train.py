@@ -203,10 +203,11 @@ def test_unet_crop_trains_on_windows_validates_on_whole_slices_and_guards_resume
         fit(tmp_path, 2, crop=0)
     fit(tmp_path / "whole", 1, crop=0)  # no key when off, so checkpoints written before the option still resume
     assert "crop" not in torch.load(tmp_path / "whole" / "last.pt", weights_only=False)["hparams"]
+    classifier = VGG16CAM(width=1 / 16)
     with pytest.raises(ValueError, match="crop is for the U-Net"):
-        train.fit(VGG16CAM(width=1 / 16), torch.optim.SGD(VGG16CAM(width=1 / 16).parameters(), lr=0.1), ToySlices(4, 1),
-                  ToySlices(4, 2), kind="classifier", out_dir=tmp_path / "cls", epochs=1, batch=4, pos_weight=1.0,
-                  seed=0, device=torch.device("cpu"), crop=8)
+        train.fit(classifier, torch.optim.SGD(classifier.parameters(), lr=0.1), ToySlices(4, 1), ToySlices(4, 2),
+                  kind="classifier", out_dir=tmp_path / "cls", epochs=1, batch=4, pos_weight=1.0, seed=0,
+                  device=torch.device("cpu"), crop=8)
 
 
 def test_unet_window_is_the_crop_below_the_slice_size_else_whole_slices() -> None:

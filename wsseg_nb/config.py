@@ -97,9 +97,9 @@ class Config:
     unet_ema: float = _p(0.0, "Sec. 2.3.3: the trained weights themselves; a decay in (0, 1): an exponential "
                               "moving average of them and of BatchNorm's statistics, updated every step, is "
                               "validated and kept")
-    unet_crop: int = _p(0, "Sec. 2.3.3: trained on whole slices; c > 0: the supervised U-Net on a random c x c window "
-                           "of each augmented slice (a multiple of 8; whole slices where c >= slice_size; validation and "
-                           "masks on whole slices)")
+    unet_crop: int = _p(0, "Sec. 2.3.3: trained on whole slices; c > 0: the supervised U-Net on a random c x c "
+                           "window of each augmented slice (a multiple of 8; whole slices where c >= slice_size; "
+                           "validation and masks on whole slices)")
     unet_val_every: int = _p(1, "validated every epoch; k > 1: every k-th epoch and the last (the others cannot be kept)")
     unet_select: str = _p("val_dice", "the epoch kept (best.pt): pooled validation Dice at p >= 0.5 (the paper names no "
                                       "criterion); 'val_study_dice': median per-study 3D Dice, the reported metric")
@@ -347,18 +347,18 @@ the 78 held-out test-split studies outside the demo (`python -m benchmarks.holdo
 860 s in all, on a CPU with native bf16, so session 21 took 48 (~10.5 s per epoch there, ~2 min more). Demo test
 split, read once by session 21's chain: 0.663 (36 epochs: 0.63).
 
-unet_crop 64 with unet_epochs 72 (session 24, AVX512-BF16 in bf16): a random 64 x 64 window of each augmented
-128 x 128 slice (a quarter of the pixels; offsets drawn uniformly, not steered to lesions) makes a U-Net step
-2.7x cheaper (`augment.random_crop`; `benchmarks.bench_train`-style synthetic batches: 132 -> 355 slices/s; 10.2
--> 4.9-5.0 s per balanced epoch in training). `python -m benchmarks.unet_seeds --run-dir runs/demo --seeds 0 1 --budgets 24 48 72
--p unet_epochs=72 -p unet_crop=64`, then `python -m benchmarks.holdout_probe --no-maps` on each: validation
-per-study Dice 0.551 / 0.504 at 48 epochs and 0.654 / 0.614 at 72 (seeds 0 / 1; whole slices at 48: 0.626 / 0.682),
-on the 78 held-out studies **0.670 / 0.666** (whole slices at 48: 0.643 / 0.63), MTV ICC 0.83 / 0.93, in ~355-365
-s of training instead of ~490-550 s. Adopted on the held-out studies: on 12 validation studies one seed rose and
-one fell, and at equal epochs (48) the windows score less; they win because 72 of them cost less than 48 whole
-slices. Rejected: windows forced onto a lesion pixel whenever the slice has one (nnU-Net forces this on a third of
-each batch): 0.616 at 48 and 0.652 at 72 on validation, 0.661 held out (seed 0), no better, and a pixel draw per
-slice more. The CAM -> U-Net keeps whole slices: its recipe (48 epochs, below) was measured that way.
+unet_crop 64 with unet_epochs 72 (session 24, AVX512-BF16 in bf16): a random 64 x 64 window of each augmented 128 x
+128 slice (a quarter of the pixels; offsets drawn uniformly, not steered to lesions) makes a U-Net step 2.7x cheaper
+(`augment.random_crop`; `benchmarks.bench_train`-style synthetic batches: 132 -> 355 slices/s; 10.2 -> 4.9-5.0 s per
+balanced epoch in training). `python -m benchmarks.unet_seeds --run-dir runs/demo --seeds 0 1 --budgets 24 48 72 -p
+unet_epochs=72 -p unet_crop=64`, then `python -m benchmarks.holdout_probe --no-maps` on each: validation per-study
+Dice 0.551 / 0.504 at 48 epochs and 0.654 / 0.614 at 72 (seeds 0 / 1; whole slices at 48: 0.626 / 0.682), on the 78
+held-out studies **0.670 / 0.666** (whole slices at 48: 0.643 / 0.63), MTV ICC 0.83 / 0.93, in ~355-365 s of
+training instead of ~490-550 s. Adopted on the held-out studies: on 12 validation studies one seed rose and one
+fell, and at equal epochs (48) the windows score less; they win because 72 of them cost less than 48 whole slices.
+Rejected: windows forced onto a lesion pixel whenever the slice has one (nnU-Net forces this on a third of each
+batch): 0.616 at 48 and 0.652 at 72 on validation, 0.661 held out (seed 0), no better, and a pixel draw per slice
+more. The CAM -> U-Net keeps whole slices: its recipe (48 epochs, below) was measured that way.
 
 CAM -> U-Net (session 6, issue 14): cam_unet_epochs 0 makes it opt-in in the demo (`-p cam_unet_epochs=12`). On a
 2-core AVX2 CPU without bf16 one U-Net epoch costs about 85 s (37 s with AVX512-BF16), so a second U-Net adds about

@@ -133,7 +133,7 @@ class PseudoLabelDataset(SliceDataset):
 
 
 def train_cam_unet(run: Run, resume: bool = True) -> pd.DataFrame:
-    """The supervised U-Net's net, loop and settings (whole slices: no unet_crop) on the pseudo-labels; writes run_dir/cam_unet/."""
+    """The supervised U-Net's loop and settings (whole slices) trained on pseudo-labels; writes run_dir/cam_unet/."""
     import torch
 
     from .train import _datasets, fit, unet_model, unet_optimizer
