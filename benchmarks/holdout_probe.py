@@ -188,8 +188,10 @@ def main() -> None:
     rows = holdout_rows(MANIFEST, args.studies)
     print(f"{len(rows)} held-out studies: {rows['diagnosis'].value_counts().to_dict()}")
     store = build_store(rows, args.out, run)
-    pred = (train.predict_classifier(train.load_classifier(run), store, ("test",), run.config.cam_batch, run.device)
-            if (args.run_dir / "classifier" / "best.pt").exists() else None)  # read by the maps and the CAM -> U-Net
+    pred = None  # read by the maps and the CAM -> U-Net
+    if (args.run_dir / "classifier" / "best.pt").exists():
+        pred = train.predict_classifier(train.load_classifier(run), store, ("test",), run.config.cam_batch, run.device,
+                                        train.z_sigma(run.config))
     parts = []
     if has_maps:
         parts.append(score_maps(run, store, args.out, sorted(args.floors), args.lows, pred))

@@ -329,12 +329,19 @@ def test_predictions_and_unet_mask_files(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = VGG16CAM(width=1 / 16).eval()
     pred = train.predict_classifier(model, store, ("val", "test"), batch=3)
-    assert pred.columns.tolist() == ["study_id", "slice", "split", "label", "prob"]
+    assert pred.columns.tolist() == ["study_id", "slice", "split", "label", "prob", "prob_slice"]
     assert pred["study_id"].tolist() == ["B"] * 4 + ["C"] * 4
     bf16 = torch.autocast("cpu", dtype=torch.bfloat16, enabled=train.native_bf16(torch.device("cpu")))
     with torch.no_grad(), bf16:  # the same precision as the package's forward pass
-        expected = torch.sigmoid(model(torch.from_numpy(store.x[4:])).float()).numpy()
+        logits = model(torch.from_numpy(store.x[4:])).float().numpy().reshape(-1)
+    expected = 1 / (1 + np.exp(-logits))
     np.testing.assert_allclose(pred["prob"], expected, rtol=1e-5)
+    np.testing.assert_array_equal(pred["prob_slice"], pred["prob"])  # no context along z: the network's own score
+    context = train.predict_classifier(model, store, ("val", "test"), batch=3, z_slices=1.0)
+    np.testing.assert_allclose(context["prob_slice"], expected, rtol=1e-5)
+    by_hand = np.concatenate([train.z_context(logits[:4], ["B"] * 4, np.arange(4), 1.0),
+                              train.z_context(logits[4:], ["C"] * 4, np.arange(4), 1.0)])
+    np.testing.assert_allclose(context["prob"], 1 / (1 + np.exp(-by_hand)), rtol=1e-5)
     unet = UNet(width=1 / 16).eval()
     studies = train.predict_unet_masks(unet, store, tmp_path, ("val", "test"), batch=3)
     assert studies == ["B", "C"]
@@ -459,3 +466,28 @@ def test_thinned_keeps_every_tumor_slice_and_every_kth_tumor_free_one(tiny_store
     tumor = full.labels > 0
     assert set(full.positions[tumor]) <= set(thin.positions)
     assert np.array_equal(thin.positions[thin.labels == 0], full.positions[~tumor][::3])
+
+
+def test_z_context_gaussian_by_hand_within_each_study() -> None:
+    # study "a": a spike of 3 at z = 2; weights of sigma 1 at distance 0, 1, 2, 3: exp(-d^2 / 2), normalised over -3..3
+    w = np.exp(-0.5 * np.arange(-3, 4) ** 2)
+    w /= w.sum()
+    logits = np.array([0.0, 0.0, 3.0, 0.0, 0.0, 1.0, 1.0])
+    studies = ["a"] * 5 + ["b"] * 2
+    out = train.z_context(logits, studies, np.array([0, 1, 2, 3, 4, 7, 8]), 1.0)
+    np.testing.assert_allclose(out[:5], 3 * w[[1, 2, 3, 4, 5]])  # the spike spreads symmetrically, no leak to "b"
+    np.testing.assert_allclose(out[5:], [1.0, 1.0])  # a constant study stays constant (edge slices repeated)
+    assert out[:5].sum() < 3.0  # mass that falls beyond the study's ends is lost to the repeated edges' zeros
+    # row order does not matter: each study is sorted by slice, and the result returned in the given order
+    shuffled = np.array([6, 2, 0, 5, 4, 1, 3])
+    np.testing.assert_allclose(train.z_context(logits[shuffled], np.array(studies)[shuffled],
+                                               np.array([0, 1, 2, 3, 4, 7, 8])[shuffled], 1.0), out[shuffled])
+    np.testing.assert_array_equal(train.z_context(logits, studies, np.arange(7), 0.0), logits)  # off
+    with pytest.raises(ValueError, match="study a has slices 0..5 with gaps"):
+        train.z_context(logits[:3], ["a"] * 3, np.array([0, 1, 5]), 1.0)
+
+
+def test_z_sigma_converts_millimetres_to_slices() -> None:
+    assert train.z_sigma(get_config("demo", cls_z_sigma_mm=9.0)) == 1.5  # 6 mm slices
+    assert train.z_sigma(get_config("paper", cls_z_sigma_mm=9.0)) == 3.0  # 3 mm slices
+    assert get_config("paper").cls_z_sigma_mm == 0.0  # the paper scores each slice on its own

@@ -69,6 +69,8 @@ class Config:
     cls_val_stride: int = _p(1, "Sec. 2.3.3 (no validation protocol given): every validation slice each epoch; k > 1: "
                                 "the per-epoch scores on every tumor slice and every k-th tumor-free one")
     cls_select: str = _p("val_auc", "Sec. 2.3.3: the epoch kept (best.pt) by validation ROC AUC")
+    cls_z_sigma_mm: float = _p(0.0, "Sec. 2.2: each slice scored on its own; > 0: the slice logits averaged along "
+                                    "z with a Gaussian of this sigma (mm) within each study (train.z_context)")
     augment_engine: str = _p("torch", "Sec. 2.3.3 augmentation; 'imgaug' as the authors, 'torch' batched")
     # --- CAM and Algorithm 1 (Sec. 2.2.1) ---
     cam_methods: tuple[str, ...] = _p(("cam", "gradcam", "gradcampp", "scorecam"), "Sec. 2.2.1: the four methods")
@@ -147,6 +149,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "cls_head": "gmp_fc",
     "vgg_pools": "early",
     "cls_select": "val_auc*val_pointing_visible",
+    "cls_z_sigma_mm": 9.0,
     "gate": "tuned",
     "gate_grid": (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99),
     "q_grid": tuple(float(v) for v in np.linspace(50, 99, 20).round(6)),
@@ -437,7 +440,19 @@ more, unet_epochs 24 for the same U-Net steps) the chain took 967 s in a fresh c
 923 s on the same machine); the classifier rose (seed 0 val AUC 0.949, visible pointing 0.82; 78 held-out studies
 AUC 0.938 against 0.905), but the U-Net fell (test 0.50, held-out 0.47 against session 23's 0.66 / 0.64) and
 ScoreCAM too (test 0.41, held-out 0.43 against 0.53 / 0.50). Session 24, with the U-Net on 64 x 64 windows for 36
-epochs (the steps of 72 on 30 studies): validation 0.507 against 0.654 on 30 studies, rejected again."""
+epochs (the steps of 72 on 30 studies): validation 0.507 against 0.654 on 30 studies, rejected again.
+
+cls_z_sigma_mm 9 (session 25; 1.5 slices of 6 mm; the network and its training unchanged, only the slice score the
+gate reads): the validation AUC was lost on the tumor slices with < 80 mm^2 of lesion (AUC 0.72 there, seed 0),
+mostly a lesion's end slices, whose neighbours hold its middle. A Gaussian average of the slice logits along z,
+within each study (`train.z_context`), on the kept classifiers of seeds 0 / 1 / 2 (validation AUC): sigma 0
+0.904 / 0.925 / 0.887, 6 mm 0.931 / 0.948 / 0.908, 9 mm 0.936 / 0.953 / 0.911, 12 mm 0.937 / 0.955 / 0.911
+(seed 0's < 80 mm^2 slices: 0.72 -> 0.84); on the 78 held-out studies (`benchmarks.holdout_probe`, gate, t, q and
+floor tuned on validation) AUC 0.905 -> 0.933 (seed 0), 0.919 -> 0.941 (seed 1), 0.884 -> 0.909 (seed 2), and the maps' median
+Dice unchanged within noise (paired median differences seed 0 CAM / GradCAM / GradCAM++ / ScoreCAM +0.000 /
+-0.001 / -0.011 / +0.002, seed 1 +0.000 / +0.007 / +0.010 / -0.006, seed 2 +0.000 / +0.000 / +0.000 / +0.002; every p > 0.06). Flip
+test-time augmentation was rejected on the way (seed 0 / 1 / 2: 0.909 / 0.934 / 0.880 against 0.904 / 0.925 /
+0.887)."""
 
 PROFILES: dict[str, dict[str, Any]] = {"paper": {}, "demo": DEMO_OVERRIDES}
 
@@ -538,6 +553,8 @@ def check(c: Config) -> Config:
         raise bad("floor_grid", "expected absolute SUVs >= 0 (0 = Algorithm 1 as printed)")
     if not c.unet_threshold_grid or not all(0.0 < v < 1.0 for v in c.unet_threshold_grid):
         raise bad("unet_threshold_grid", "expected probabilities in (0, 1)")
+    if c.cls_z_sigma_mm < 0:
+        raise bad("cls_z_sigma_mm", "must be >= 0 (0: each slice scored on its own)")
     for key in ("cls_ema", "unet_ema"):
         if not 0.0 <= getattr(c, key) < 1.0:
             raise bad(key, "expected 0 (off) or a decay in (0, 1), e.g. 0.998")

@@ -221,8 +221,9 @@ def store_mask(run: Any, prepared: Prepared, method: str, params: dict[str, Any]
     if "gate" in params:  # a CAM method, or the CAM -> U-Net behind the gate: Algorithm 1, line 1
         with as_input_error():
             classifier = train.load_classifier(run)
-        prob = torch.sigmoid(train.predict_logits(classifier, prepared, positions, c.cam_batch, run.device,
-                                                  desc="classifier")).numpy()
+        logits = train.predict_logits(classifier, prepared, positions, c.cam_batch, run.device, desc="classifier")
+        scores = train.z_context(logits.numpy(), np.zeros(len(positions)), positions, train.z_sigma(c))
+        prob = 1.0 / (1.0 + np.exp(-scores))
         called = np.flatnonzero(prob >= params["gate"])
     if method in UNET_DIRS:
         with as_input_error():

@@ -653,16 +653,48 @@ def predict_logits(model: torch.nn.Module, store: SliceStore, positions: np.ndar
     return torch.cat(outs) if outs else torch.zeros(0)
 
 
+def z_context(logits: np.ndarray, studies: Sequence[str], slices: np.ndarray, sigma: float) -> np.ndarray:
+    """Slice logits averaged along z with a Gaussian of `sigma` slices within each study (notebook 02); 0: as given.
+
+    Each study's slices must be consecutive (a whole study); the ends repeat the edge slice's logit.
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    logits = np.asarray(logits, dtype=np.float64).reshape(-1)
+    if sigma <= 0:
+        return logits
+    codes = pd.factorize(np.asarray(studies))[0]
+    slices = np.asarray(slices, dtype=np.int64)
+    order = np.lexsort((slices, codes))
+    out = np.empty_like(logits)
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    for run in np.split(order, bounds):
+        z = slices[run]
+        if len(z) > 1 and not (np.diff(z) == 1).all():
+            raise ValueError(f"z_context needs whole studies: study {np.asarray(studies)[run[0]]} has slices "
+                             f"{z.min()}..{z.max()} with gaps")
+        out[run] = gaussian_filter1d(logits[run], sigma, mode="nearest", truncate=3.0)
+    return out
+
+
+def z_sigma(c: Config) -> float:
+    """The config's context along z (`cls_z_sigma_mm`) in slices of its store grid."""
+    return c.cls_z_sigma_mm / c.spacing_mm[0]
+
+
 def predict_classifier(model: VGG16CAM, store: SliceStore | str | os.PathLike[str],
                        splits: Sequence[str] = ("val", "test"), batch: int = 64,
-                       device: torch.device | str = "cpu") -> pd.DataFrame:
-    """Tumor probability of every slice of the splits: DataFrame(study_id, slice, split, label, prob) (notebook 02)."""
+                       device: torch.device | str = "cpu", z_slices: float = 0.0) -> pd.DataFrame:
+    """Tumor probability of every slice of the splits (notebook 02): DataFrame(study_id, slice, split, label, prob,
+    prob_slice); prob is the chain's slice score (`z_context`, sigma `z_slices`), prob_slice the network's own."""
     store = _store(store)
     index = store.index.reset_index(drop=True)
     positions = np.flatnonzero(index["split"].isin(splits).to_numpy())
-    logits = predict_logits(model, store, positions, batch, torch.device(device), desc="classifier")
+    logits = predict_logits(model, store, positions, batch, torch.device(device), desc="classifier").numpy()
     out = index.loc[positions, ["study_id", "slice", "split", "label"]].reset_index(drop=True)
-    out["prob"] = torch.sigmoid(logits).numpy()
+    scores = z_context(logits, out["study_id"].to_numpy(), out["slice"].to_numpy(), z_slices)
+    out["prob"] = 1.0 / (1.0 + np.exp(-scores))
+    out["prob_slice"] = 1.0 / (1.0 + np.exp(-logits.reshape(-1).astype(np.float64)))
     return out
 
 
@@ -698,6 +730,7 @@ def predict_unet_masks(model: UNet, store: SliceStore | str | os.PathLike[str], 
 
 def write_classifier_predictions(run: Run, model: VGG16CAM) -> pd.DataFrame:
     """predict_classifier on the val and test slices, written atomically to classifier/predictions.csv (notebook 02)."""
-    frame = predict_classifier(model, run.store, ("val", "test"), run.config.cam_batch, run.device)
+    frame = predict_classifier(model, run.store, ("val", "test"), run.config.cam_batch, run.device,
+                               z_sigma(run.config))
     write_csv_atomic(run.path("classifier", "predictions.csv"), frame)
     return frame
