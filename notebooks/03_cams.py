@@ -68,13 +68,14 @@ print(f"val+test slices called tumorous (p >= {lowest_gate}): {int(called.sum())
 # `"gmp_fc"`, Oquab et al. 2015), which ties each channel's contribution to its peak cell (notebook 02 says why).
 # Every formula below is written for both.
 # We take a few **test slices with several lesions** (ground-truth components) that the classifier calls
-# tumorous; every map below is computed for them.
+# tumorous, the network's own most confident first (`prob_slice`: a map explains the network's logit of its slice,
+# not the context along z of notebook 02); every map below is computed for them.
 
 # %%
 gt_all = store.read(rows["position"].to_numpy())[1]
 lesions = cam.lesion_peaks(gt_all, {})
 per_slice = lesions.groupby("row").size().reindex(range(len(rows)), fill_value=0)
-order = np.lexsort((-rows["prob"].to_numpy(), -per_slice.to_numpy(), rows["split"].ne("test").to_numpy()))
+order = np.lexsort((-rows["prob_slice"].to_numpy(), -per_slice.to_numpy(), rows["split"].ne("test").to_numpy()))
 panel = order[:n_panel]
 x_np, gt = store.read(rows["position"].to_numpy()[panel])
 x = torch.from_numpy(x_np)
