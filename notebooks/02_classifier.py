@@ -244,6 +244,7 @@ val = pred[pred["split"] == "val"]
 summary = pd.DataFrame({s: train.classifier_metrics(g["label"], g["prob"]) for s, g in pred.groupby("split")}).T
 summary.round(3)
 
+
 # %% [markdown]
 # **One slice, or its neighbours too?** The network sees one slice, but a lesion spans several (6 mm apart
 # here), and the tumor slices it scores worst are mostly a lesion's first or last slice, whose neighbours cut

@@ -68,8 +68,7 @@ print(f"val+test slices called tumorous (p >= {lowest_gate}): {int(called.sum())
 # `"gmp_fc"`, Oquab et al. 2015), which ties each channel's contribution to its peak cell (notebook 02 says why).
 # Every formula below is written for both.
 # We take a few **test slices with several lesions** (ground-truth components) that the classifier calls
-# tumorous, the network's own most confident first (`prob_slice`: a map explains the network's logit of its slice,
-# not the context along z of notebook 02); every map below is computed for them.
+# tumorous (most confident first by the network's own `prob_slice`); every map below is computed for them.
 
 # %%
 gt_all = store.read(rows["position"].to_numpy())[1]
