@@ -9,7 +9,8 @@ same cohort and are never generated, trained on, tuned on or scored by the chain
 phantom, into OUT/data), preprocesses them on the run's grid (OUT/store), predicts them with the run's classifier,
 computes the maps of every slice at p >= the lowest gate searched (OUT/cams, the run's own shift undone), and
 scores Algorithm 1 per study with parameter sets chosen on the run's validation split only (and, where the run has
-them, its U-Net and its CAM -> U-Net, each at its validation threshold):
+them, the global threshold behind the run's gate with its percentile tuned on validation, its U-Net and its
+CAM -> U-Net, each at its validation threshold):
 
 - no floor: the gate, t and q searched as notebook 04 does with f = 0 (Algorithm 1 as printed);
 - floor@gate: the SUV floor (`--floors`) searched with t and q at that gate;
@@ -104,6 +105,24 @@ def score(data: segment.GatedSlices, out: Path, sets: dict, methods: list[str], 
     return pd.concat(frames, ignore_index=True)
 
 
+def score_threshold(run: runs.Run, out: Path, voxel_ml: float) -> pd.DataFrame:
+    """Per study: Dice and MTV of the global threshold (histogram reading, notebook 05) behind the run's gate, its
+    percentile tuned on the run's validation slices at that gate."""
+    gate = segment.read_gate(run.dir)
+    val = segment.load_gated(run.dir, ("val",)).select("val").at_gate(gate)
+    p = segment.tune_global_threshold(val.suv, val.gt, val.rows["study_id"], val.gt_total,
+                                      run.config.threshold_grid, "histogram").params["p"]
+    held = segment.load_gated(out, ("test",)).at_gate(gate)
+    masks = segment.global_threshold(held.suv, p, "histogram")
+    inter, pred = (masks & held.gt).sum(axis=(1, 2)), masks.sum(axis=(1, 2))
+    dice = segment.study_dice(inter, pred, held.rows["study_id"], held.gt_total)
+    pred_voxels = pd.Series(pred, dtype=np.int64).groupby(held.rows["study_id"].to_numpy()).sum()
+    print(f"threshold: gate {gate}, p {p:.1f} (tuned on validation)")
+    return pd.DataFrame({"study_id": held.studies.index, "set": f"gate {gate:g}", "method": "threshold", "gate": gate,
+                         "dice": dice, "mtv_ml": pred_voxels.reindex(held.studies.index, fill_value=0).to_numpy()
+                         * voxel_ml, "true_mtv_ml": held.gt_total.to_numpy() * voxel_ml})
+
+
 def score_unet(run: runs.Run, store: slices.SliceStore, out: Path, voxel_ml: float, pred: pd.DataFrame | None,
                folder: str = "unet") -> pd.DataFrame:
     """Per study: Dice and MTV of a U-Net of the run (<folder>/best.pt at its validation threshold) on the store.
@@ -161,7 +180,7 @@ def report(table: pd.DataFrame) -> None:
         return
     wide = lesion.pivot_table(index="study_id", columns=["set", "method"], values="dice")
     print("\npaired (median of differences; Wilcoxon p):")
-    for name in [s for s in dict.fromkeys(lesion["set"]) if s != "no floor" and not s.startswith("p >=")]:
+    for name in [s for s in dict.fromkeys(lesion["set"]) if s != "no floor" and not s.startswith(("p >=", "gate "))]:
         base = "floor" if name.startswith("floor, low") else "no floor"
         print(f"{name:>14} vs {base}: " + ", ".join(
             f"{m} {np.median(wide[name, m] - wide[base, m]):+.3f} (p {wilcoxon(wide[name, m], wide[base, m]).pvalue:.3g})"
@@ -195,6 +214,8 @@ def main() -> None:
     parts = []
     if has_maps:
         parts.append(score_maps(run, store, args.out, sorted(args.floors), args.lows, pred))
+        if (args.run_dir / "segment" / "thresholds.json").exists():
+            parts.append(score_threshold(run, args.out, metrics.voxel_volume_ml(run.config.spacing_mm)))
     parts += [score_unet(run, store, args.out, metrics.voxel_volume_ml(run.config.spacing_mm), pred, f) for f in unets]
     table = pd.concat(parts, ignore_index=True)
     table.to_csv(args.out / "holdout_dice.csv", index=False)

@@ -208,6 +208,14 @@ def test_prepare_equals_the_slice_store(chain: dict) -> None:
     np.testing.assert_array_equal(prepared.affine, np.asarray(study.meta["affine"]))
 
 
+def test_run_recorded_before_the_z_context_scores_slices_alone(chain: dict, tmp_path: Path) -> None:
+    record = json.loads((chain["run_dir"] / "run.json").read_text())
+    assert record["config"]["cls_z_sigma_mm"] == 9.0  # the demo's, as the chain recorded it
+    del record["config"]["cls_z_sigma_mm"]
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    assert infer.run_config(tmp_path).cls_z_sigma_mm == 0.0  # its gate was tuned on single-slice scores
+
+
 def test_cli_writes_mask_report_and_csv(chain: dict, segmented: Callable[[str], tuple], tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     row, out = chain["row"], tmp_path / "out" / "mask.nii.gz"

@@ -121,6 +121,7 @@ def run_config(run_dir: Path) -> Config:
         record = json.loads(path.read_text())["config"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise InputError(f"{path}: no readable field 'config' ({type(err).__name__}: {err})") from None
+    record.setdefault("cls_z_sigma_mm", 0.0)  # recorded before the option existed: each slice was scored alone
     with as_input_error(f"{path}: "):
         return get_config(record.pop("profile", "demo"), **record)
 
