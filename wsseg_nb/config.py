@@ -448,9 +448,10 @@ mostly a lesion's end slices, whose neighbours hold its middle. A Gaussian avera
 within each study (`train.z_context`), on the kept classifiers of seeds 0 / 1 / 2 (validation AUC): sigma 0
 0.904 / 0.925 / 0.887, 6 mm 0.931 / 0.948 / 0.908, 9 mm 0.936 / 0.953 / 0.911, 12 mm 0.937 / 0.955 / 0.911
 (seed 0's < 80 mm^2 slices: 0.72 -> 0.84); on the 78 held-out studies (`benchmarks.holdout_probe`, gate, t, q and
-floor tuned on validation) AUC 0.905 -> 0.933 (seed 0), 0.919 -> 0.941 (seed 1), 0.884 -> 0.909 (seed 2), and the maps' median
-Dice unchanged within noise (paired median differences seed 0 CAM / GradCAM / GradCAM++ / ScoreCAM +0.000 /
--0.001 / -0.011 / +0.002, seed 1 +0.000 / +0.007 / +0.010 / -0.006, seed 2 +0.000 / +0.000 / +0.000 / +0.002; every p > 0.06). Flip
+floor tuned on validation) AUC 0.905 -> 0.933 (seed 0), 0.919 -> 0.941 (seed 1), 0.884 -> 0.909 (seed 2), and the
+maps' median Dice unchanged within noise (paired median differences CAM / GradCAM / GradCAM++ / ScoreCAM, seed 0
++0.000 / -0.001 / -0.011 / +0.002, seed 1 +0.000 / +0.007 / +0.010 / -0.006, seed 2 +0.000 / +0.000 / +0.000 /
++0.002; every p > 0.06); the global threshold behind the new gate fell there (0.389 -> 0.357, p 0.035). Flip
 test-time augmentation was rejected on the way (seed 0 / 1 / 2: 0.909 / 0.934 / 0.880 against 0.904 / 0.925 /
 0.887). The demo's test split, read once after the choice: maps 0.42 / 0.46 / 0.36 / 0.42 (0.49 / 0.46 / 0.52 / 0.53
 before), paired per-study differences -0.002 / -0.023 / +0.000 / +0.016 (p >= 0.36); threshold 0.34 -> 0.22."""

@@ -212,6 +212,7 @@ def store_mask(run: Any, prepared: Prepared, method: str, params: dict[str, Any]
     params: the gate, t, q and floor of a CAM method (`method_params`) or the checkpoint of a U-Net (`unet_checkpoint`).
     """
     import torch
+    from scipy.special import expit
 
     from . import cam, train
     from .segment import algorithm1
@@ -224,7 +225,7 @@ def store_mask(run: Any, prepared: Prepared, method: str, params: dict[str, Any]
             classifier = train.load_classifier(run)
         logits = train.predict_logits(classifier, prepared, positions, c.cam_batch, run.device, desc="classifier")
         scores = train.z_context(logits.numpy(), np.zeros(len(positions)), positions, train.z_sigma(c))
-        prob = 1.0 / (1.0 + np.exp(-scores))
+        prob = expit(scores)
         called = np.flatnonzero(prob >= params["gate"])
     if method in UNET_DIRS:
         with as_input_error():

@@ -656,7 +656,8 @@ def predict_logits(model: torch.nn.Module, store: SliceStore, positions: np.ndar
 def z_context(logits: np.ndarray, studies: Sequence[str], slices: np.ndarray, sigma: float) -> np.ndarray:
     """Slice logits averaged along z with a Gaussian of `sigma` slices within each study (notebook 02); 0: as given.
 
-    Each study's slices must be consecutive (a whole study); the ends repeat the edge slice's logit.
+    The Gaussian is cut at 3 sigma; each study's slices must be consecutive (a whole study); the ends repeat the edge
+    slice's logit.
     """
     from scipy.ndimage import gaussian_filter1d
 
@@ -668,12 +669,12 @@ def z_context(logits: np.ndarray, studies: Sequence[str], slices: np.ndarray, si
     order = np.lexsort((slices, codes))
     out = np.empty_like(logits)
     bounds = np.flatnonzero(np.diff(codes[order])) + 1
-    for run in np.split(order, bounds):
-        z = slices[run]
+    for rows in np.split(order, bounds):
+        z = slices[rows]
         if len(z) > 1 and not (np.diff(z) == 1).all():
-            raise ValueError(f"z_context needs whole studies: study {np.asarray(studies)[run[0]]} has slices "
+            raise ValueError(f"z_context needs whole studies: study {np.asarray(studies)[rows[0]]} has slices "
                              f"{z.min()}..{z.max()} with gaps")
-        out[run] = gaussian_filter1d(logits[run], sigma, mode="nearest", truncate=3.0)
+        out[rows] = gaussian_filter1d(logits[rows], sigma, mode="nearest", truncate=3.0)
     return out
 
 
@@ -687,14 +688,16 @@ def predict_classifier(model: VGG16CAM, store: SliceStore | str | os.PathLike[st
                        device: torch.device | str = "cpu", z_slices: float = 0.0) -> pd.DataFrame:
     """Tumor probability of every slice of the splits (notebook 02): DataFrame(study_id, slice, split, label, prob,
     prob_slice); prob is the chain's slice score (`z_context`, sigma `z_slices`), prob_slice the network's own."""
+    from scipy.special import expit
+
     store = _store(store)
     index = store.index.reset_index(drop=True)
     positions = np.flatnonzero(index["split"].isin(splits).to_numpy())
     logits = predict_logits(model, store, positions, batch, torch.device(device), desc="classifier").numpy()
     out = index.loc[positions, ["study_id", "slice", "split", "label"]].reset_index(drop=True)
     scores = z_context(logits, out["study_id"].to_numpy(), out["slice"].to_numpy(), z_slices)
-    out["prob"] = 1.0 / (1.0 + np.exp(-scores))
-    out["prob_slice"] = 1.0 / (1.0 + np.exp(-logits.reshape(-1).astype(np.float64)))
+    out["prob"] = expit(scores)
+    out["prob_slice"] = expit(logits.reshape(-1).astype(np.float64))
     return out
 
 
