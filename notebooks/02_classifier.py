@@ -262,8 +262,8 @@ summary.round(3)
 # on its own (`cls_z_sigma_mm = 0`, the paper profile). The table scores this network's validation slices with
 # several widths: 0.904 on its own, 0.931 at 6 mm, 0.936 at 9 mm, 0.937 at 12 mm. 9 mm was chosen on the
 # validation AUC of three seeds (`config.DEMO_OVERRIDES`), and on 78 held-out studies it raised each seed's AUC by
-# 0.022–0.028 while the maps' Dice stayed where it was (docs/log.md). It has a price too: a tumor-free slice
-# between two lesions borrows from both (section 8).
+# 0.022–0.028 while the maps' Dice stayed where it was (the global threshold behind the same gate lost 0.01;
+# docs/log.md). It has a price too: a tumor-free slice between two lesions borrows from both (section 8).
 
 # %%
 def context_auc(sigma_mm: float) -> float:
