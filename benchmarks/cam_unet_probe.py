@@ -52,7 +52,7 @@ def validation_dice(run: runs.Run) -> pd.Series:
     """Per validation study with lesions: the Dice of the CAM -> U-Net's masks on the slices the gate calls."""
     c, store = run.config, SliceStore(run.store)
     classifier = train.load_classifier(run)
-    pred = train.predict_classifier(classifier, store, ("val",), c.cam_batch, run.device, train.z_sigma(c))
+    pred = train.run_predictions(run, classifier, ("val",), store)
     called = pred[pred["prob"] >= segment.read_gate(run.dir)]
     net = train.load_unet(run, "best", folder=pseudo.FOLDER)
     threshold = train.unet_threshold(run.dir / pseudo.FOLDER / "best.pt")

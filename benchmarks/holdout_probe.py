@@ -95,14 +95,19 @@ def score(data: segment.GatedSlices, out: Path, sets: dict, methods: list[str], 
             keep, p = called_rows(data.rows, gate, low), params[m]
             called = data.subset(keep)
             masks = segment.algorithm1(cams[keep], called.suv, p["t"], p["q"], floor=p.get("floor", 0.0))
-            inter, pred = (masks & called.gt).sum(axis=(1, 2)), masks.sum(axis=(1, 2))
-            dice = segment.study_dice(inter, pred, called.rows["study_id"], called.gt_total)
-            pred_voxels = pd.Series(pred, dtype=np.int64).groupby(called.rows["study_id"].to_numpy()).sum()
-            frames.append(pd.DataFrame({"study_id": called.studies.index, "set": name, "method": m, "gate": gate,
-                                        "low": low, "t": p["t"], "q": p["q"], "floor": p.get("floor", 0.0),
-                                        "dice": dice, "mtv_ml": pred_voxels.reindex(called.studies.index, fill_value=0)
-                                        .to_numpy() * voxel_ml, "true_mtv_ml": called.gt_total.to_numpy() * voxel_ml}))
+            frames.append(study_scores(called, masks, voxel_ml, set=name, method=m, gate=gate, low=low, t=p["t"],
+                                       q=p["q"], floor=p.get("floor", 0.0)))
     return pd.concat(frames, ignore_index=True)
+
+
+def study_scores(data: segment.GatedSlices, masks: np.ndarray, voxel_ml: float, **labels: object) -> pd.DataFrame:
+    """Per study of `data`: the `labels` columns, Dice and MTV (ml, predicted and true) of its gated slices' masks."""
+    inter, pred = (masks & data.gt).sum(axis=(1, 2)), masks.sum(axis=(1, 2))
+    dice = segment.study_dice(inter, pred, data.rows["study_id"], data.gt_total)
+    pred_voxels = pd.Series(pred, dtype=np.int64).groupby(data.rows["study_id"].to_numpy()).sum()
+    return pd.DataFrame({"study_id": data.studies.index, **labels, "dice": dice,
+                         "mtv_ml": pred_voxels.reindex(data.studies.index, fill_value=0).to_numpy() * voxel_ml,
+                         "true_mtv_ml": data.gt_total.to_numpy() * voxel_ml})
 
 
 def score_threshold(run: runs.Run, out: Path, voxel_ml: float) -> pd.DataFrame:
@@ -113,14 +118,9 @@ def score_threshold(run: runs.Run, out: Path, voxel_ml: float) -> pd.DataFrame:
     p = segment.tune_global_threshold(val.suv, val.gt, val.rows["study_id"], val.gt_total,
                                       run.config.threshold_grid, "histogram").params["p"]
     held = segment.load_gated(out, ("test",)).at_gate(gate)
-    masks = segment.global_threshold(held.suv, p, "histogram")
-    inter, pred = (masks & held.gt).sum(axis=(1, 2)), masks.sum(axis=(1, 2))
-    dice = segment.study_dice(inter, pred, held.rows["study_id"], held.gt_total)
-    pred_voxels = pd.Series(pred, dtype=np.int64).groupby(held.rows["study_id"].to_numpy()).sum()
     print(f"threshold: gate {gate}, p {p:.1f} (tuned on validation)")
-    return pd.DataFrame({"study_id": held.studies.index, "set": f"gate {gate:g}", "method": "threshold", "gate": gate,
-                         "dice": dice, "mtv_ml": pred_voxels.reindex(held.studies.index, fill_value=0).to_numpy()
-                         * voxel_ml, "true_mtv_ml": held.gt_total.to_numpy() * voxel_ml})
+    return study_scores(held, segment.global_threshold(held.suv, p, "histogram"), voxel_ml, set=f"gate {gate:g}",
+                        method="threshold", gate=gate)
 
 
 def score_unet(run: runs.Run, store: slices.SliceStore, out: Path, voxel_ml: float, pred: pd.DataFrame | None,
@@ -209,8 +209,7 @@ def main() -> None:
     store = build_store(rows, args.out, run)
     pred = None  # read by the maps and the CAM -> U-Net
     if (args.run_dir / "classifier" / "best.pt").exists():
-        pred = train.predict_classifier(train.load_classifier(run), store, ("test",), run.config.cam_batch, run.device,
-                                        train.z_sigma(run.config))
+        pred = train.run_predictions(run, train.load_classifier(run), ("test",), store)
     parts = []
     if has_maps:
         parts.append(score_maps(run, store, args.out, sorted(args.floors), args.lows, pred))

@@ -28,7 +28,7 @@ def seed_dice(run: runs.Run) -> dict[str, float]:
     cfg = run.config
     store = SliceStore(run.store)
     model = train.load_classifier(run)
-    pred = train.predict_classifier(model, store, ("val",), cfg.cam_batch, run.device, train.z_sigma(cfg))
+    pred = train.run_predictions(run, model, ("val",), store)
     rows = cam.gated_rows(pred, store.index, min(cfg.gates), tumor_slices=True)
     maps = cam.cams_for_slices(model, store, rows["position"].to_numpy(), cfg.cam_methods, batch_size=cfg.cam_batch,
                                device=run.device, topk=cfg.scorecam_topk, shift=train.cam_shift(run))

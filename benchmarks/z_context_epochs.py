@@ -21,11 +21,10 @@ from wsseg_nb import train
 COLUMNS = ["epoch", "val_auc", "val_auc_all", "val_auc_z", "val_pointing_visible"]
 
 
-def with_context_auc(probe, store, c):
-    """`probe` plus the AUC of every validation slice, the network alone and with the config's context along z."""
+def with_context_auc(probe, run):
+    """`probe` plus the AUC of every validation slice, the network alone and with the run's context along z."""
     def scored(model):
-        pred = train.predict_classifier(model, store, ("val",), c.cam_batch, next(model.parameters()).device,
-                                        train.z_sigma(c))
+        pred = train.run_predictions(run, model, ("val",))
         labels = pred["label"] > 0
         return {**probe(model), "auc_all": roc_auc_score(labels, pred["prob_slice"]),
                 "auc_z": roc_auc_score(labels, pred["prob"])}
@@ -39,8 +38,7 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         run = seed_run(args.run_dir, args.out, seed, args.profile, args.params)
-        train.pointing_probe = lambda store, *a, **k: with_context_auc(pointing_probe(store, *a, **k), store,
-                                                                       run.config)
+        train.pointing_probe = lambda *a, **k: with_context_auc(pointing_probe(*a, **k), run)
         try:
             history = train.train_classifier(run)
         finally:

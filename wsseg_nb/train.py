@@ -731,9 +731,15 @@ def predict_unet_masks(model: UNet, store: SliceStore | str | os.PathLike[str], 
     return studies
 
 
+def run_predictions(run: Run, model: VGG16CAM, splits: Sequence[str] = ("val", "test"),
+                    store: SliceStore | str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """predict_classifier with the run's batch, device and context along z, on its store (or another) (notebook 02)."""
+    return predict_classifier(model, run.store if store is None else store, splits, run.config.cam_batch, run.device,
+                              z_sigma(run.config))
+
+
 def write_classifier_predictions(run: Run, model: VGG16CAM) -> pd.DataFrame:
-    """predict_classifier on the val and test slices, written atomically to classifier/predictions.csv (notebook 02)."""
-    frame = predict_classifier(model, run.store, ("val", "test"), run.config.cam_batch, run.device,
-                               z_sigma(run.config))
+    """run_predictions on the val and test slices, written atomically to classifier/predictions.csv (notebook 02)."""
+    frame = run_predictions(run, model)
     write_csv_atomic(run.path("classifier", "predictions.csv"), frame)
     return frame
