@@ -1,15 +1,15 @@
 """A demo manifest with more training studies: the demo's own rows plus N training-split rows from outside it.
 
-    python -m benchmarks.more_train_studies --extra 30 --out /tmp/run60/manifest.csv
-    python -m wsseg_nb synth --manifest /tmp/run60/manifest.csv
-    python -m wsseg_nb preprocess --manifest /tmp/run60/manifest.csv --out /tmp/run60/store
-    python -m benchmarks.classifier_seeds --run-dir /tmp/run60 --seeds 0 1 2 --out /tmp/run60/seeds -p cls_epochs=32
+    python -m benchmarks.more_train_studies --extra 60 --out /tmp/run120/manifest.csv
+    python -m wsseg_nb synth --manifest /tmp/run120/manifest.csv
+    python -m wsseg_nb preprocess --manifest /tmp/run120/manifest.csv --out /tmp/run120/store
+    python -m benchmarks.classifier_seeds --run-dir /tmp/run120 --seeds 0 1 2 --out /tmp/run120/seeds
 
 The added rows (demo = 0, split = train in the committed manifest) are taken in study order per diagnosis, in the
 proportions of the demo's training studies, and marked demo = 1; validation and test stay the demo's 12 + 12, so a
 classifier trained on the larger store is scored on the same slices. Paths are written absolute (the studies are
-generated where the committed manifest puts them). Session 22 measured the lever with it (docs/log.md; session 23
-then ran the chain on 60 training studies and rejected them).
+generated where the committed manifest puts them). Session 22 measured the lever with it (30 -> 60 studies,
+docs/log.md); the demo has trained its classifier on 60 since session 26.
 """
 from __future__ import annotations
 

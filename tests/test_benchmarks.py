@@ -175,11 +175,11 @@ def test_more_train_studies_adds_training_rows_in_proportion_and_keeps_val_and_t
     from wsseg_nb.manifest import PATH_FIELDS
 
     before = pd.read_csv(MANIFEST, dtype=str, keep_default_na=False)
-    after = more_train_studies(MANIFEST, 30)
+    after = more_train_studies(MANIFEST, 60)
     added = after[(after["demo"] == "1") & (before["demo"] == "0")]
-    assert len(added) == 30 and (added["split"] == "train").all()
+    assert len(added) == 60 and (added["split"] == "train").all()
     demo_train = before[(before["demo"] == "1") & (before["split"] == "train")]
-    assert (added["diagnosis"].value_counts() == demo_train["diagnosis"].value_counts()).all()  # 30 = 30: same mix
+    assert (added["diagnosis"].value_counts() == demo_train["diagnosis"].value_counts()).all()  # 60 = 60: same mix
     for split in ("val", "test"):
         assert (after.loc[after["split"] == split, "demo"] == before.loc[before["split"] == split, "demo"]).all()
     assert after["ct_path"].str.startswith("/").all()

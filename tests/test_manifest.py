@@ -95,10 +95,10 @@ def test_synthetic_cohort_proportions_split_and_demo():
     assert by.loc["lymphoma"].to_dict() == {"test": 16, "train": 49, "val": 17}
     assert by.loc["melanoma"].to_dict() == {"test": 29, "train": 87, "val": 29}
     demo = df[df["demo"] == 1]
-    assert demo["split"].value_counts().to_dict() == {"train": 30, "val": 12, "test": 12}
-    assert demo["diagnosis"].value_counts().to_dict() == {"lung_cancer": 27, "melanoma": 18, "lymphoma": 9}
+    assert demo["split"].value_counts().to_dict() == {"train": 60, "val": 12, "test": 12}
+    assert demo["diagnosis"].value_counts().to_dict() == {"lung_cancer": 42, "melanoma": 27, "lymphoma": 15}
     assert demo.groupby("split")["diagnosis"].value_counts().loc["train"].to_dict() == \
-        {"lung_cancer": 15, "melanoma": 10, "lymphoma": 5}
+        {"lung_cancer": 30, "melanoma": 19, "lymphoma": 11}
     dose = df["injected_activity_mbq"] / df["weight_kg"]
     assert dose.between(2.95, 4.05).all() and df["injection_to_scan_s"].between(2700, 6000).all()
 
@@ -113,7 +113,7 @@ def test_committed_manifest_equals_synthetic_cohort(tmp_path):
     manifest.write_manifest(manifest.synthetic_cohort(), tmp_path / "m.csv")
     assert (tmp_path / "m.csv").read_bytes() == (REPO / "data_manifest.csv").read_bytes()
     demo = manifest.load_manifest(REPO / "data_manifest.csv", subset="demo", check_files=False)
-    assert len(demo) == 54 and Path(demo["ct_path"].iloc[0]).is_absolute()
+    assert len(demo) == 84 and Path(demo["ct_path"].iloc[0]).is_absolute()
 
 
 def _autopet_tree(root: Path) -> None:

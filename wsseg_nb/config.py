@@ -102,6 +102,8 @@ class Config:
     unet_crop: int = _p(0, "Sec. 2.3.3: trained on whole slices; c > 0: the supervised U-Net on a random c x c "
                            "window of each augmented slice (a multiple of 8; whole slices where c >= slice_size; "
                            "validation and masks on whole slices)")
+    unet_train_studies: int = _p(0, "Sec. 2.1.1: the U-Net on every training study; n > 0: on the first n by study id, "
+                                    "diagnoses in proportion (the classifier keeps every one)")
     unet_val_every: int = _p(1, "validated every epoch; k > 1: every k-th epoch and the last (the others cannot be kept)")
     unet_select: str = _p("val_dice", "the epoch kept (best.pt): pooled validation Dice at p >= 0.5 (the paper names no "
                                       "criterion); 'val_study_dice': median per-study 3D Dice, the reported metric")
@@ -160,6 +162,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "unet_norm": "batch",
     "unet_epochs": 72,
     "unet_crop": 64,
+    "unet_train_studies": 30,
     "unet_batch": 8,
     "unet_lr": 2e-3,
     "unet_ema": 0.998,
@@ -555,6 +558,8 @@ def check(c: Config) -> Config:
         raise bad("floor_grid", "expected absolute SUVs >= 0 (0 = Algorithm 1 as printed)")
     if not c.unet_threshold_grid or not all(0.0 < v < 1.0 for v in c.unet_threshold_grid):
         raise bad("unet_threshold_grid", "expected probabilities in (0, 1)")
+    if c.unet_train_studies < 0:
+        raise bad("unet_train_studies", "must be >= 0 (0: every training study)")
     if c.cls_z_sigma_mm < 0:
         raise bad("cls_z_sigma_mm", "must be >= 0 (0: each slice scored on its own)")
     for key in ("cls_ema", "unet_ema"):

@@ -26,7 +26,7 @@ PLAUSIBLE = {"weight_kg": (20.0, 300.0, "body weight in kg; a weight in grams?")
              "injected_activity_mbq": (20.0, 2000.0, "FDG activity in MBq; in Bq or mCi?"),
              "injection_to_scan_s": (300.0, 4 * 3600.0, "injection-to-scan delay in seconds; in minutes?")}
 """Ranges outside which a manifest value is almost surely in the wrong unit (refused with the hint)."""
-DEMO_PER_SPLIT = {"train": 30, "val": 12, "test": 12}
+DEMO_PER_SPLIT = {"train": 60, "val": 12, "test": 12}
 """The demo subset: 12 validation and 12 test studies, enough for a per-patient median (issue 11)."""
 
 

@@ -464,11 +464,13 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
     return pd.DataFrame(history)
 
 
-def _datasets(run: Run) -> tuple[Dataset, Dataset]:
-    """Train and validation SliceDatasets of the run's store."""
-    from .slices import SliceDataset
+def _datasets(run: Run, train_studies: int = 0) -> tuple[Dataset, Dataset]:
+    """Train (its first `train_studies` studies, `slices.first_studies`; 0: all) and validation SliceDatasets."""
+    from .slices import SliceDataset, SliceStore, first_studies
 
-    sets = SliceDataset(run.store, "train"), SliceDataset(run.store, "val")
+    store = SliceStore(run.store)
+    train = SliceDataset(store, "train", indices=first_studies(store.index, "train", train_studies))
+    sets = train, SliceDataset(store, "val")
     for split, dataset in zip(("train", "val"), sets):
         labels = np.asarray(dataset.labels)
         if len(labels) == 0 or labels.max() == 0:
@@ -577,8 +579,10 @@ def train_unet(run: Run, resume: bool = True) -> pd.DataFrame:
     model = unet_model(c)
     optimizer = unet_optimizer(model, c)
     hparams = {"width": c.unet_width, "norm": c.unet_norm, "lr": c.unet_lr, "slice_size": c.slice_size}
-    return fit(model, optimizer, *_datasets(run), kind="unet", out_dir=run.dir / "unet", epochs=c.unet_epochs,
-               batch=c.unet_batch, pos_weight=c.unet_pos_weight, seed=c.seed, device=run.device, workers=c.workers,
+    if c.unet_train_studies:  # recorded only where set, so that older checkpoints still resume
+        hparams["train_studies"] = c.unet_train_studies
+    return fit(model, optimizer, *_datasets(run, c.unet_train_studies), kind="unet", out_dir=run.dir / "unet",
+               epochs=c.unet_epochs, batch=c.unet_batch, pos_weight=c.unet_pos_weight, seed=c.seed, device=run.device, workers=c.workers,
                engine=c.augment_engine, sampling=c.unet_sampling, schedule=c.unet_schedule, select=c.unet_select,
                thresholds=c.unet_threshold_grid, ema_decay=c.unet_ema, val_every=c.unet_val_every, hparams=hparams,
                resume=resume, crop=unet_window(c))
