@@ -378,17 +378,3 @@ def test_workers_exit_when_the_parent_is_killed(watched):
         if alive(worker):
             os.kill(worker, signal.SIGKILL)
 
-
-def test_first_studies_takes_the_first_by_id_per_diagnosis_in_proportion():
-    # train: four lung studies and two melanoma ones, stored out of id order, two slices each; one val study
-    order = ["L3", "M2", "L1", "V1", "L4", "M1", "L2"]
-    index = pd.DataFrame({"study_id": np.repeat(order, 2), "slice": np.tile([0, 1], len(order)),
-                          "split": np.repeat(["train", "train", "train", "val", "train", "train", "train"], 2),
-                          "diagnosis": np.repeat(["lung", "mel", "lung", "lung", "lung", "mel", "lung"], 2)})
-    picked = slices.first_studies(index, "train", 3)  # 3 x (4, 2) / 6 = (2, 1): L1, L2 and M1
-    assert sorted(set(index["study_id"].iloc[picked])) == ["L1", "L2", "M1"]
-    assert len(picked) == 6 and np.all(np.diff(picked) > 0)  # every slice of theirs, in store order
-    whole = np.flatnonzero(index["split"] == "train")
-    assert np.array_equal(slices.first_studies(index, "train", 0), whole)  # 0: the whole split
-    assert np.array_equal(slices.first_studies(index, "train", 6), whole)  # as many as there are: all
-    assert set(index["study_id"].iloc[slices.first_studies(index, "val", 5)]) == {"V1"}

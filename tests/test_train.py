@@ -491,3 +491,20 @@ def test_z_sigma_converts_millimetres_to_slices() -> None:
     assert train.z_sigma(get_config("demo", cls_z_sigma_mm=9.0)) == 1.5  # 6 mm slices
     assert train.z_sigma(get_config("paper", cls_z_sigma_mm=9.0)) == 3.0  # 3 mm slices
     assert get_config("paper").cls_z_sigma_mm == 0.0  # the paper scores each slice on its own
+
+
+def test_unet_train_studies_keeps_only_the_named_training_studies(tiny_store) -> None:
+    from wsseg_nb import runs
+    from wsseg_nb.errors import InputError
+
+    run = runs.Run(get_config("demo", device="cpu", unet_train_studies="S1"), tiny_store.parent, torch.device("cpu"))
+    train_set, val_set = train._datasets(run, run.config.unet_train_studies)
+    index = train_set.store.index
+    assert set(index["study_id"].iloc[train_set.positions]) == {"S1"}
+    assert np.array_equal(train_set.positions, np.flatnonzero(index["study_id"] == "S1"))  # every slice of S1
+    assert set(index["study_id"].iloc[val_set.positions]) == {"S2"}  # validation untouched
+    every, _ = train._datasets(run)
+    assert np.array_equal(every.positions, np.flatnonzero(index["split"] == "train"))  # none named: S0 and S1
+    with pytest.raises(InputError, match=r"config unet_train_studies: 2 of its 3 studies are not training studies .*"
+                                         r"\(S2, S9\); -p unet_train_studies= trains on every one"):
+        train._datasets(run, ("S1", "S2", "S9"))  # S2 is a validation study, S9 is not stored

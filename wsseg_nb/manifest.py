@@ -27,7 +27,8 @@ PLAUSIBLE = {"weight_kg": (20.0, 300.0, "body weight in kg; a weight in grams?")
              "injection_to_scan_s": (300.0, 4 * 3600.0, "injection-to-scan delay in seconds; in minutes?")}
 """Ranges outside which a manifest value is almost surely in the wrong unit (refused with the hint)."""
 DEMO_PER_SPLIT = {"train": 60, "val": 12, "test": 12}
-"""The demo subset: 12 validation and 12 test studies, enough for a per-patient median (issue 11)."""
+"""The demo subset: 60 training studies (the classifier's; the U-Net takes 30, `unet_train_studies`), 12 validation
+and 12 test studies, enough for a per-patient median (issue 11)."""
 
 
 def _bad(path: Path, line: int, study: str, column: str, value: object, why: str) -> InputError:

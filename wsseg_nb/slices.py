@@ -395,20 +395,6 @@ class SliceDataset:
         return torch.from_numpy(x), torch.from_numpy(self.labels[items]), torch.from_numpy(mask)
 
 
-def first_studies(index: pd.DataFrame, split: str, n: int) -> np.ndarray:
-    """Store positions of a split's first n studies by study id, diagnoses in proportion; n = 0: the whole split."""
-    from .manifest import largest_remainder
-
-    rows = index[index["split"] == split]
-    studies = rows.drop_duplicates("study_id").sort_values("study_id")
-    if n <= 0 or n >= len(studies):
-        return np.flatnonzero((index["split"] == split).to_numpy())
-    sizes = studies.groupby("diagnosis").size()
-    picked = [sid for (_, group), k in zip(studies.groupby("diagnosis"), largest_remainder(n, sizes.tolist()))
-              for sid in group["study_id"].head(k)]
-    return np.flatnonzero(((index["split"] == split) & index["study_id"].isin(picked)).to_numpy())
-
-
 def assemble(store: SliceStore, study_id: str, slices: Sequence[int] | np.ndarray,
              per_slice_masks: np.ndarray) -> np.ndarray:
     """A study's (z, S, S) bool volume from masks of some of its slices; slices not given are empty (notebook 04)."""

@@ -464,13 +464,21 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
     return pd.DataFrame(history)
 
 
-def _datasets(run: Run, train_studies: int = 0) -> tuple[Dataset, Dataset]:
-    """Train (its first `train_studies` studies, `slices.first_studies`; 0: all) and validation SliceDatasets."""
-    from .slices import SliceDataset, SliceStore, first_studies
+def _datasets(run: Run, train_studies: Sequence[str] = ()) -> tuple[Dataset, Dataset]:
+    """Train (only `train_studies` where any are named) and validation SliceDatasets of the run's store."""
+    from .slices import SliceDataset, SliceStore
 
     store = SliceStore(run.store)
-    train = SliceDataset(store, "train", indices=first_studies(store.index, "train", train_studies))
-    sets = train, SliceDataset(store, "val")
+    index = store.index
+    keep = (index["split"] == "train").to_numpy()
+    if train_studies:
+        missing = sorted(set(train_studies) - set(index.loc[keep, "study_id"]))
+        if missing:
+            raise InputError(f"config unet_train_studies: {len(missing)} of its {len(train_studies)} studies are not "
+                             f"training studies of slice store {run.store} ({', '.join(missing[:4])}"
+                             f"{', ...' if len(missing) > 4 else ''}); -p unet_train_studies= trains on every one")
+        keep = keep & index["study_id"].isin(train_studies).to_numpy()
+    sets = SliceDataset(store, "train", indices=np.flatnonzero(keep)), SliceDataset(store, "val")
     for split, dataset in zip(("train", "val"), sets):
         labels = np.asarray(dataset.labels)
         if len(labels) == 0 or labels.max() == 0:
@@ -580,7 +588,7 @@ def train_unet(run: Run, resume: bool = True) -> pd.DataFrame:
     optimizer = unet_optimizer(model, c)
     hparams = {"width": c.unet_width, "norm": c.unet_norm, "lr": c.unet_lr, "slice_size": c.slice_size}
     if c.unet_train_studies:  # recorded only where set, so that older checkpoints still resume
-        hparams["train_studies"] = c.unet_train_studies
+        hparams["train_studies"] = sorted(c.unet_train_studies)
     return fit(model, optimizer, *_datasets(run, c.unet_train_studies), kind="unet", out_dir=run.dir / "unet",
                epochs=c.unet_epochs, batch=c.unet_batch, pos_weight=c.unet_pos_weight, seed=c.seed, device=run.device, workers=c.workers,
                engine=c.augment_engine, sampling=c.unet_sampling, schedule=c.unet_schedule, select=c.unet_select,
