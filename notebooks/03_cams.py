@@ -129,15 +129,15 @@ print("GradCAM from scratch == package == CAM with ReLU")
 # negative pixel to 0, GradCAM's the value 0; the deeper CAM dips below 0 off the evidence, the more its
 # normalisation lifts the weak values above GradCAM's. The table gives each ground-truth lesion's peak value of
 # the maps on the panel slices (as the network gives them, not moved back by the displacement $d$ of section 8).
-# CAM and GradCAM are closest on the strongest lesion of each slice (0.92 and 0.86 on PETCT_0085, slice 106, 0.89
-# and 0.81 on slice 104, 0.72 and 0.61 on PETCT_0445, slice 90) and further apart on the weak ones, GradCAM never
-# higher: the 11-voxel lesion of PETCT_0445 gets 0.32 in CAM and 0.05 in GradCAM, its 59-voxel one 0.37 and 0.12.
-# GradCAM++ and ScoreCAM weight the channels differently and move a lesion's value by up to about a quarter of
-# the range from CAM's (the 110-voxel lesion of PETCT_0445: 0.96 in GradCAM++ against 0.72; its 59-voxel one:
-# 0.63 in ScoreCAM against 0.37). On PETCT_0445 every map leaves some lesion below 0.4 of its maximum; on
-# PETCT_0085, slice 106 all lesions peak at 0.60 or more in every map. Over all gated slices (section 9, maps
-# moved back by $d$) the non-largest lesions of multi-lesion slices peak at a median 0.67 (ScoreCAM) to 0.82
-# (CAM). GradCAM keeps CAM's peak and its level sets above 0, so the paper's GradCAM gap (0.12 against CAM's
+# CAM and GradCAM are closest on the strongest lesion of each slice (0.58 and 0.42 on PETCT_0085, slice 106, 0.75
+# and 0.63 on PETCT_0445, slice 91, 0.68 and 0.56 on its slice 90) and further apart on the weak ones, GradCAM never
+# higher: it gives the 1-, 4-, 6- and 11-voxel lesions 0 (CAM 0.16 to 0.26).
+# GradCAM++ and ScoreCAM weight the channels differently and move a lesion's value by up to about two fifths of
+# the range from CAM's (the 4-voxel lesion of slice 91: 0.48 in GradCAM++ against 0.16; the 106-voxel one of
+# PETCT_0085: 1.00 in ScoreCAM against 0.58). CAM, GradCAM and GradCAM++ leave some lesion of every panel slice
+# below 0.4 of its maximum; ScoreCAM only on PETCT_0085 (0.38). Over all gated slices (section 9, maps
+# moved back by $d$) the non-largest lesions of multi-lesion slices peak at a median 0.39 (ScoreCAM) to 0.64
+# (GradCAM++). GradCAM keeps CAM's peak and its level sets above 0, so the paper's GradCAM gap (0.12 against CAM's
 # 0.46) cannot come from this architecture.
 
 # %%
@@ -204,10 +204,10 @@ print(f"masked logits range [{y_k.min():.2f}, {y_k.max():.2f}]; the pitfall's we
 # %% [markdown]
 # A binary classifier with one output has one logit; a softmax over it is $e^{y}/e^{y} = 1$ for every masked
 # slice, so every channel gets the same weight and "ScoreCAM" degenerates into the plain sum of the channels.
-# The plot shows the weights of the first panel slice; the maps show what the pitfall costs. On this slice it
-# costs little at the peak (the uniform map peaks where ScoreCAM's does, but spreads wider), and its
-# weights no longer depend on the scores: ScoreCAM's put almost a quarter of the weight on one channel and most
-# of it on three.
+# The plot shows the weights of the first panel slice; the maps show what the pitfall costs. On this slice the
+# uniform map is hot in the same region as ScoreCAM's but spreads wider, and its
+# weights no longer depend on the scores: ScoreCAM's put about a seventh of the weight on one channel and over a
+# third on three.
 
 # %%
 weights = {"softmax over channels of logits (ours)": alpha_sc.numpy(),
@@ -274,10 +274,10 @@ cplots.cam_panel(x_np[:, 0], x_np[:, 1], gt, {"CAM": cam_raw.numpy(), "flipped, 
 
 # %% [markdown]
 # On every validation tumor slice, the pointing game (notebook 02) before and after the correction. This
-# classifier's maps sit about one and a half cells up and one and a half cells to the left of the evidence (11.5
-# and 12.5 pixels, 46 and 50 mm; a cell is 8 pixels). That puts the peak cell beside the lesion on most slices:
-# pointing rises from 0.202 to 0.614 (visible lesions 0.223 to 0.672, still below the 0.75 target) once the maps
-# are moved back. The cell AUC moves far less (0.887 to 0.944): moving a smooth map by a cell reorders cells across
+# classifier's maps sit about two cells up and half a cell to the left of the evidence (16 and 4.5 pixels,
+# 64 and 18 mm; a cell is 8 pixels). That puts the peak cell beside the lesion on almost every slice:
+# pointing rises from 0.026 to 0.772 (visible lesions 0.029 to 0.819, above the 0.75 target) once the maps
+# are moved back. The cell AUC moves less (0.759 to 0.906): moving a smooth map by a cell reorders cells across
 # slices much less than it changes which cell of a slice is the peak, and the peak is what Algorithm 1 scales
 # $t$ by.
 
@@ -367,23 +367,23 @@ if head_epochs:
 
 # %% [markdown]
 # Under GMP + FC (as under GAP + FC), GradCAM and CAM share their peak wherever CAM is positive somewhere (ReLU does not
-# move a positive maximum); here the two point alike on the 64 slices (0.172; on visible lesions 0.200); GradCAM++,
-# whose weights are not proportional to $v_k$ (section 4), points at 0.359 (0.418). These are the maps as the networks
-# give them, not moved back by $d$ (section 8): this classifier's maps sit about one and a half cells up and to the
-# left, so CAM and GradCAM point far lower here than the 0.614 of section 8. Under the authors' head GradCAM is a
-# different map in principle; the table says how far it moves here (the head trained 2 epochs, val AUC 0.904 and 0.911;
-# 64 slices; ScoreCAM on the demo's top 8 channels). GradCAM++'s correlation with GradCAM is 0.943 under the authors'
-# head (0.860 under GMP + FC). Both point *worse* there than under GMP + FC (GradCAM 0.141 against 0.172, GradCAM++
-# 0.281 against 0.359: 2 and 5 fewer of the 64 slices), while GradCAM's cell AUC rises (0.939 against 0.902) and
-# GradCAM++'s barely moves (0.957 against 0.964). Moved back by each head's own $d$, on all validation tumor slices, the
-# authors' GradCAM points at 0.74 on visible lesions after its second epoch (printed above) against 0.672 for this
+# move a positive maximum); here the two point alike on the 64 slices (0.031; on visible lesions 0.036); GradCAM++,
+# whose weights are not proportional to $v_k$ (section 4), points at 0.078 (0.091). These are the maps as the networks
+# give them, not moved back by $d$ (section 8): this classifier's maps sit about two cells up and half a cell to the
+# left, so CAM and GradCAM point far lower here than the 0.772 of section 8. Under the authors' head GradCAM is a
+# different map in principle; the table says how far it moves here (the head trained 2 epochs, val AUC 0.929 and 0.936;
+# 64 slices; ScoreCAM on the demo's top 8 channels). GradCAM++'s correlation with GradCAM is 0.949 under the authors'
+# head (0.743 under GMP + FC). Both point *better* there than under GMP + FC (GradCAM 0.266 against 0.031, GradCAM++
+# 0.250 against 0.078: 15 and 11 more of the 64 slices), GradCAM's cell AUC rises (0.941 against 0.761) and
+# GradCAM++'s barely moves (0.957 against 0.953). Moved back by each head's own $d$, on all validation tumor slices, the
+# authors' GradCAM points at 0.76 on visible lesions after its second epoch (printed above) against 0.819 for this
 # classifier's CAM (section 8).
-# On maps not moved back ScoreCAM points about alike under both heads (0.328 and 0.344), and GradCAM++ under GMP + FC
-# best of all (0.359): their channel weights are not the head's $v_k$ (ScoreCAM's come from masked forward passes), and
-# here they favour channels whose maps sit closer to the lesion.
-# On the demo the authors' head moves GradCAM's pointing little (2 of 64 slices lower; higher after the correction): no
-# clear sign in the direction of the paper's gap; but this is pointing, not Dice, of a head trained 2 epochs on a frozen
-# conv stack. Whether the head explains the gap, and what else differed in the paper's GradCAM (the layer it hooked,
+# On maps not moved back ScoreCAM points best under both heads (0.328 and 0.375): its channel weights are not the
+# head's $v_k$ (they come from masked forward passes), and here they favour channels whose maps sit closer to the lesion.
+# On the demo the authors' head moves GradCAM's pointing both ways (15 of 64 slices higher on maps not moved back;
+# 0.76 against 0.82 after the correction): no clear sign in the direction of the paper's gap; but this is
+# pointing, not Dice, of a head trained 2 epochs on a frozen conv stack. Whether the head explains the gap,
+# and what else differed in the paper's GradCAM (the layer it hooked,
 # full-width features, 50 epochs, the tuning, none of it in their text), this notebook cannot settle.
 
 # %% [markdown]
@@ -398,9 +398,9 @@ if head_epochs:
 # - ScoreCAM scores each masked slice by its tumor logit and softmaxes over channels; the softmax over a single
 #   logit gives uniform weights.
 # - With the authors' head (7x7 pool + FC stack, `cls_head="authors"`) classic CAM is undefined and GradCAM is no
-#   longer ReLU(CAM); on the demo it points slightly worse than under GMP + FC (0.141 against 0.172 on maps not
-#   moved back, 2 of 64 slices) at a higher cell AUC (0.939 against 0.902; section 10): far from the paper's
-#   GradCAM gap, which pointing after 2 head epochs cannot settle either way.
+#   longer ReLU(CAM); on the demo it points better than under GMP + FC on maps not moved back (0.266 against 0.031)
+#   at a higher cell AUC (0.941 against 0.761), slightly worse once moved back (0.76 against 0.82; section 10): far
+#   from the paper's GradCAM gap, which pointing after 2 head epochs cannot settle either way.
 #   Its checkpoints: `classifier_authors/`.
 #
 # ## Exercises
@@ -412,8 +412,8 @@ if head_epochs:
 # (the mean is linear). Under GMP $y = b + \sum_k v_k \max A_k$, and the maximum is not linear: each channel
 # contributes its own peak wherever it sits, so $\max M$ differs from $y - b$ unless all positively weighted
 # channels peak in the same cell and the negatively weighted ones are zero there. On the panel slices neither
-# matches the logit (6.3 to 9.1): $b + \max M$ falls 2.4 to 4.0 short of it, and $b + \overline{M}$ lies
-# between $-0.25$ and $-0.20$:
+# matches the logit (7.7 to 16.5): $b + \max M$ falls 2.9 to 8.4 short of it, and $b + \overline{M}$ lies
+# between $-0.56$ and $-0.53$:
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
 with torch.no_grad():
@@ -468,6 +468,6 @@ print(f"{len(x)} panel slices, non-zero channels {nonzero} of {A.shape[1]}: exac
 
 # %% [markdown]
 # The cost is one masked forward pass per channel scored and slice, so top-4 saves about the ratio of the
-# non-zero channel count to 4, here 58 to 60 against 4 (the printed speed-up, 9.3x, is smaller where fixed costs
+# non-zero channel count to 4, here 60 to 62 against 4 (the printed speed-up, 9.1x, is smaller where fixed costs
 # dominate a small batch). The maps agree where the high-variance channels dominate the weighted sum; here top-4
-# is off by up to 0.516 (mean 0.074), much further than the demo's top-8 in section 9 (0.219, mean 0.015).
+# is off by up to 0.914 (mean 0.085), further than the demo's top-8 in section 9 (0.823, mean 0.063).
