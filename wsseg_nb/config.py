@@ -439,7 +439,8 @@ per slice were most of the 320-360 s that notebook 03 spent on maps; against exa
 slices top-16 deviated by max |d| 0.031 (mean 0.001), top-8 by 0.040 (0.002); validation ScoreCAM Dice 0.340 ->
 0.326, test 0.374 -> 0.366. With the three the chain takes ~69 min on that CPU (02 2,049 s, 05 1,480 s).
 Session 20 (SUV floor searched, 78 held-out studies, `benchmarks.holdout_probe`): exact ScoreCAM 0.484 against
-top-8's 0.495. Rejected:
+top-8's 0.495. Session 26 (60-study classifiers, held-out, floor searched): top-16 0.460 / 0.456 / 0.485 against
+top-8's 0.429 / 0.467 / 0.545 on seeds 0 / 1 / 2 (paired +0.003 / +0.000 / -0.012): top 8 kept. Rejected:
 U-Net training on 64x64 crops holding a lesion pixel (nnU-Net-style patches; 17 instead of 45 ms per training
 slice): seed 0 reached a median per-study validation Dice of 0.23 at epoch 15 against 0.47 on whole slices (session
 14's run at the same epoch); a crop shows the net too little of a slice's physiology. (Session 24 adopted uniform
