@@ -377,4 +377,3 @@ def test_workers_exit_when_the_parent_is_killed(watched):
     finally:
         if alive(worker):
             os.kill(worker, signal.SIGKILL)
-

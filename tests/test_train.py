@@ -508,3 +508,21 @@ def test_unet_train_studies_keeps_only_the_named_training_studies(tiny_store) ->
     with pytest.raises(InputError, match=r"config unet_train_studies: 2 of its 3 studies are not training studies .*"
                                          r"\(S2, S9\); -p unet_train_studies= trains on every one"):
         train._datasets(run, ("S1", "S2", "S9"))  # S2 is a validation study, S9 is not stored
+
+
+def test_resume_refuses_a_checkpoint_trained_on_other_studies(tiny_store, tmp_path: Path) -> None:
+    from wsseg_nb.slices import SliceDataset, SliceStore
+
+    store = SliceStore(tiny_store)
+    only_s0 = SliceDataset(store, "train", indices=np.flatnonzero(store.index["study_id"] == "S0"))
+    both, val = SliceDataset(store, "train"), SliceDataset(store, "val")
+    model = VGG16CAM(width=1 / 16)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    kw = dict(kind="classifier", out_dir=tmp_path, epochs=1, batch=4, pos_weight=1.0, seed=0, device=torch.device("cpu"),
+              workers=0, probe=lambda m: {})
+    train.fit(model, opt, only_s0, val, **kw)
+    assert len(train.fit(model, opt, only_s0, val, **kw)) == 1  # the same studies: resumed, nothing left to train
+    digest = train.studies_digest(["S0"])
+    assert digest.startswith("1 studies ") and train.studies_digest(["S1", "S0", "S1"]) == train.studies_digest(["S0", "S1"])
+    with pytest.raises(ValueError, match=rf"differ in \['train_studies'\] \(checkpoint \['{digest}'\], now \['2 studies "):
+        train.fit(model, opt, both, val, **kw)  # another manifest or subset: refused, not mixed

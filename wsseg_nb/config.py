@@ -446,8 +446,8 @@ slice): seed 0 reached a median per-study validation Dice of 0.23 at epoch 15 ag
 14's run at the same epoch); a crop shows the net too little of a slice's physiology. (Session 24 adopted uniform
 64 x 64 windows with 72 epochs, judged on held-out studies: unet_crop above.)
 60 training studies for the classifier, 30 of them for the U-Net (`manifest.DEMO_PER_SPLIT`, unet_train_studies
-DEMO_UNET_STUDIES; session 26): the classifier learns from slice labels, which cost nothing per study, and twice the studies at twice the
-steps lift it where the 30-study demo missed issue 11's targets. Its three seeds (session 24's 60-study checkpoints,
+DEMO_UNET_STUDIES; session 26): the classifier learns from slice labels, the cheap ones to annotate, and twice the
+studies at twice the steps lift it where the 30-study demo missed issue 11's targets. Its three seeds (session 24's 60-study checkpoints,
 kept by the same rule), scored with the context along z, validation AUC 0.971 / 0.949 / 0.965 (30 studies: 0.936 /
 0.953 / 0.911), visible pointing 0.82 / 0.80 / 0.80 (0.67 / 0.80 / 0.81); on the 78 held-out studies
 (`benchmarks.seed_dice_probe` then `benchmarks.holdout_probe`, gate, t, q and floor tuned on validation) AUC 0.962 /

@@ -1,6 +1,7 @@
 """One training loop for the slice classifier and the U-Net: streamed, augmented, validated, checkpointed, resumable."""
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -111,8 +112,6 @@ def numerics_fingerprint(device: torch.device | str = "cpu") -> str:
     Training is chaotic: CPUs that both compute bf16 natively but accumulate in another order (AMX tiles vs
     AVX512-BF16) end 16 epochs at other weights. Notebook outputs are reproducible only where this matches.
     """
-    import hashlib
-
     device = torch.device(device)
     generator = torch.Generator().manual_seed(0)
     with torch.random.fork_rng(devices=[]):
@@ -146,6 +145,12 @@ def _study_keys(dataset: Dataset) -> tuple[np.ndarray, pd.Series] | None:
         return None
     rows = store.index.iloc[positions]
     return rows["study_id"].to_numpy(), rows.groupby("study_id", sort=False)["lesion_voxels"].sum()
+
+
+def studies_digest(study_ids: Sequence[str]) -> str:
+    """'<n> studies <sha1 prefix>' of a training set's distinct study ids, recorded in a checkpoint's hparams."""
+    ids = sorted(set(study_ids))
+    return f"{len(ids)} studies {hashlib.sha1(','.join(ids).encode()).hexdigest()[:12]}"
 
 
 @torch.no_grad()
@@ -369,6 +374,9 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_set: Dat
     hparams = {**(hparams or {}), "kind": kind, "batch": batch, "pos_weight": pos_weight, "seed": seed,
                "engine": engine, "sampling": sampling, "pool_fraction": pool_fraction, "select": select,
                "schedule": schedule, "warmup_epochs": warmup_epochs, "thresholds": [float(p) for p in thresholds]}
+    keys = _study_keys(train_set)
+    if keys is not None:  # a run resumed on other training studies (another manifest or subset) would mix them
+        hparams["train_studies"] = studies_digest(keys[0])
     if ct_dropout > 0:  # only when used, so that checkpoints written before the option still resume
         hparams["ct_dropout"] = ct_dropout
     if level_matched:
@@ -587,11 +595,9 @@ def train_unet(run: Run, resume: bool = True) -> pd.DataFrame:
     model = unet_model(c)
     optimizer = unet_optimizer(model, c)
     hparams = {"width": c.unet_width, "norm": c.unet_norm, "lr": c.unet_lr, "slice_size": c.slice_size}
-    if c.unet_train_studies:  # recorded only where set, so that older checkpoints still resume
-        hparams["train_studies"] = sorted(c.unet_train_studies)
     return fit(model, optimizer, *_datasets(run, c.unet_train_studies), kind="unet", out_dir=run.dir / "unet",
-               epochs=c.unet_epochs, batch=c.unet_batch, pos_weight=c.unet_pos_weight, seed=c.seed, device=run.device, workers=c.workers,
-               engine=c.augment_engine, sampling=c.unet_sampling, schedule=c.unet_schedule, select=c.unet_select,
+               epochs=c.unet_epochs, batch=c.unet_batch, pos_weight=c.unet_pos_weight, seed=c.seed, device=run.device,
+               workers=c.workers, engine=c.augment_engine, sampling=c.unet_sampling, schedule=c.unet_schedule, select=c.unet_select,
                thresholds=c.unet_threshold_grid, ema_decay=c.unet_ema, val_every=c.unet_val_every, hparams=hparams,
                resume=resume, crop=unet_window(c))
 
