@@ -337,10 +337,9 @@ pd.Series(record).round(3)
 # the classifier now trains on 60 studies (the 30 of earlier runs read 0.936 and 0.67). Training is chaotic, and
 # one seed is one draw: with the same recipe seeds 1 and 2 reach visible pointing 0.80 and 0.80 with validation
 # AUC 0.949 and 0.965 (0.930 and 0.946 alone) (`benchmarks.classifier_seeds` and `benchmarks.seed_dice_probe`).
-# The pointing target is met on every seed; the AUC target on seeds 0 and 2, while seed 1 stays 0.0008 short, a
-# limit of the classifier itself (no width of the context lifts it). Section 6 shows where AUC is still lost: on
-# the tumor slices with less than 80 mm² of lesion, and tumor-free slices carry lesion-like physiological uptake
-# (section 8).
+# The pointing target is met on every seed; the AUC target on seeds 0 and 2, while seed 1 stays 0.0008 short (no
+# width of the context lifts it): the data limit it, as section 6 shows where AUC is still lost, on the tumor
+# slices with less than 80 mm² of lesion, and tumor-free slices carry lesion-like physiological uptake (section 8).
 # These pointing numbers read the maps moved back by the network's displacement, here $d = (-16, -4.5)$
 # pixels, two 32 mm cells up and about half a cell to the left (`cam_shift_y`, `cam_shift_x`; notebook 03,
 # section 8). With them, visible pointing starts at 0.21 after epoch 1 (0.53 after epoch 2), first passes 0.6
