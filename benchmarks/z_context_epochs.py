@@ -12,18 +12,22 @@ Validation split only; each epoch's extra scoring costs one pass over the valida
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from benchmarks.classifier_seeds import kept_epoch, seed_parser, seed_run
 from wsseg_nb import train
+from wsseg_nb.models import VGG16CAM
+from wsseg_nb.runs import Run
 
 COLUMNS = ["epoch", "val_auc", "val_auc_all", "val_auc_z", "val_pointing_visible"]
 
 
-def with_context_auc(probe, run):
+def with_context_auc(probe: Callable[[VGG16CAM], dict[str, float]], run: Run) -> Callable[[VGG16CAM], dict[str, float]]:
     """`probe` plus the AUC of every validation slice, the network alone and with the run's context along z."""
-    def scored(model):
+    def scored(model: VGG16CAM) -> dict[str, float]:
         pred = train.run_predictions(run, model, ("val",))
         labels = pred["label"] > 0
         return {**probe(model), "auc_all": roc_auc_score(labels, pred["prob_slice"]),

@@ -165,3 +165,14 @@ def test_scan_autopet_unknown_subject(tmp_path):
     (tmp_path / manifest.AUTOPET_METADATA).unlink()
     with pytest.raises(ValueError, match="no clinical metadata CSV"):
         manifest.scan_autopet(tmp_path)
+
+
+def test_demo_unet_studies_are_the_first_30_of_the_demo_draw(monkeypatch):
+    from wsseg_nb.config import DEMO_UNET_STUDIES
+
+    monkeypatch.setitem(manifest.DEMO_PER_SPLIT, "train", 30)  # the draw before session 26 took 60
+    df = manifest.synthetic_cohort()
+    first30 = df.loc[(df["demo"] == 1) & (df["split"] == "train"), "study_id"]
+    assert tuple(sorted(first30)) == DEMO_UNET_STUDIES
+    assert set(DEMO_UNET_STUDIES) < set(manifest.load_manifest(REPO / "data_manifest.csv", subset="demo",
+                                                               check_files=False).query("split == 'train'")["study_id"])

@@ -138,7 +138,8 @@ DEMO_UNET_STUDIES = tuple(f"PETCT_{n:04d}" for n in (
     22, 23, 30, 31, 40, 76, 131, 150, 163, 176, 185, 225, 245, 258, 267, 299, 318, 335, 339, 341, 344, 355, 366, 371,
     415, 430, 444, 446, 452, 453))
 """The demo's 30 training studies of sessions 15-25 (15 lung cancer, 10 melanoma, 5 lymphoma: the first 30 of the
-manifest's demo draw), on which the U-Net's recipe was tuned; since session 26 the classifier also learns from 30 more."""
+manifest's demo draw), on which the U-Net's recipe was tuned; since session 26 the classifier also learns from 30
+more."""
 
 DEMO_OVERRIDES: dict[str, Any] = {
     "profile": "demo",
@@ -447,8 +448,8 @@ slice): seed 0 reached a median per-study validation Dice of 0.23 at epoch 15 ag
 64 x 64 windows with 72 epochs, judged on held-out studies: unet_crop above.)
 60 training studies for the classifier, 30 of them for the U-Net (`manifest.DEMO_PER_SPLIT`, unet_train_studies
 DEMO_UNET_STUDIES; session 26): the classifier learns from slice labels, the cheap ones to annotate, and twice the
-studies at twice the steps lift it where the 30-study demo missed issue 11's targets. Its three seeds (session 24's 60-study checkpoints,
-kept by the same rule), scored with the context along z, validation AUC 0.971 / 0.949 / 0.965 (30 studies: 0.936 /
+studies at twice the steps lift it where the 30-study demo missed issue 11's targets. Its three seeds (session 24's
+60-study checkpoints, kept by the same rule), scored with the context along z, validation AUC 0.971 / 0.949 / 0.965 (30 studies: 0.936 /
 0.953 / 0.911), visible pointing 0.82 / 0.80 / 0.80 (0.67 / 0.80 / 0.81); on the 78 held-out studies
 (`benchmarks.seed_dice_probe` then `benchmarks.holdout_probe`, gate, t, q and floor tuned on validation) AUC 0.962 /
 0.947 / 0.955 (0.933 / 0.941 / 0.909) and median Dice CAM / GradCAM / GradCAM++ / ScoreCAM seed 0 0.509 / 0.551 /

@@ -597,9 +597,9 @@ def train_unet(run: Run, resume: bool = True) -> pd.DataFrame:
     hparams = {"width": c.unet_width, "norm": c.unet_norm, "lr": c.unet_lr, "slice_size": c.slice_size}
     return fit(model, optimizer, *_datasets(run, c.unet_train_studies), kind="unet", out_dir=run.dir / "unet",
                epochs=c.unet_epochs, batch=c.unet_batch, pos_weight=c.unet_pos_weight, seed=c.seed, device=run.device,
-               workers=c.workers, engine=c.augment_engine, sampling=c.unet_sampling, schedule=c.unet_schedule, select=c.unet_select,
-               thresholds=c.unet_threshold_grid, ema_decay=c.unet_ema, val_every=c.unet_val_every, hparams=hparams,
-               resume=resume, crop=unet_window(c))
+               workers=c.workers, engine=c.augment_engine, sampling=c.unet_sampling, schedule=c.unet_schedule,
+               select=c.unet_select, thresholds=c.unet_threshold_grid, ema_decay=c.unet_ema, val_every=c.unet_val_every,
+               hparams=hparams, resume=resume, crop=unet_window(c))
 
 
 def unet_threshold(path: str | os.PathLike[str]) -> float:
