@@ -79,7 +79,7 @@ def main() -> None:
         else:
             shift = cam.flip_displacement(model, x_align)
             maps = cam.cams_for_slices(model, store, val.rows["position"].to_numpy(), args.methods, cfg.cam_batch,
-                                       topk=cfg.scorecam_topk, shift=shift)
+                                       topk=cfg.scorecam_topk, shift=shift, scorecam_weights=cfg.scorecam_weights)
             maps = {m: v.astype(np.float32) for m, v in maps.items()}
         row = {"stride": stride, "cell_mm": stride * cfg.spacing_mm[1],
                "cells": maps[args.methods[0]].shape[-1], **probe(model), **stage_row(maps, val, cfg, gate),

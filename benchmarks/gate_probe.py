@@ -28,7 +28,8 @@ def gate_table(run_dir: Path, gates: list[float], methods: list[str]) -> tuple[p
     rows = predictions[(predictions["split"] == "val") & mapped]
     data = segment.gather_slices(store, rows, ("val",), str(source))
     maps = cam.cams_for_slices(train.load_classifier(run), store, data.rows["position"].to_numpy(), methods,
-                               topk=run.config.scorecam_topk, shift=train.cam_shift(run))
+                               topk=run.config.scorecam_topk, shift=train.cam_shift(run),
+                               scorecam_weights=run.config.scorecam_weights)
     best, tuned, table = segment.tune_with_gate({m: maps[m].astype(np.float32) for m in methods}, data,
                                                 run.config.t_grid, run.config.q_grid, gates)
     rows = data.rows

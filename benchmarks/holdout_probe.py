@@ -153,7 +153,8 @@ def score_maps(run: runs.Run, store: slices.SliceStore, out: Path, floors: list[
     lowest = min(low if low is not None else gate for gate, low, _ in sets.values())
     gated = cam.gated_rows(pred, store.index, lowest)
     maps = cam.cams_for_slices(model, store, gated["position"].to_numpy(), c.cam_methods, batch_size=c.cam_batch,
-                               device=run.device, topk=c.scorecam_topk, shift=train.cam_shift(run))
+                               device=run.device, topk=c.scorecam_topk, shift=train.cam_shift(run),
+                               scorecam_weights=c.scorecam_weights)
     cam.save_cams(out / "cams", gated[["study_id", "slice", "split", "label", "prob"]], maps)
     table = score(segment.load_gated(out, ("test",)), out, sets, list(c.cam_methods),
                   metrics.voxel_volume_ml(c.spacing_mm))

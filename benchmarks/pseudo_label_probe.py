@@ -47,7 +47,7 @@ def main() -> None:
     rows = index[(index["split"] == "train") & (index["label"] > 0)]
     train_data = segment.gather_slices(store, rows[["study_id", "slice", "split"]], ("train",), "store index.csv")
     maps = cams_for_slices(train.load_classifier(run), store, train_data.rows["position"].to_numpy(), methods,
-                           cfg.cam_batch, run.device, cfg.scorecam_topk, train.cam_shift(run))
+                           cfg.cam_batch, run.device, cfg.scorecam_topk, train.cam_shift(run), cfg.scorecam_weights)
     at_gate = {m: segment.read_method_params(run.dir, m) for m in methods}
     table = []
     for m in methods:

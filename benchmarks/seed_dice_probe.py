@@ -31,7 +31,8 @@ def seed_dice(run: runs.Run) -> dict[str, float]:
     pred = train.run_predictions(run, model, ("val",), store)
     rows = cam.gated_rows(pred, store.index, min(cfg.gates), tumor_slices=True)
     maps = cam.cams_for_slices(model, store, rows["position"].to_numpy(), cfg.cam_methods, batch_size=cfg.cam_batch,
-                               device=run.device, topk=cfg.scorecam_topk, shift=train.cam_shift(run))
+                               device=run.device, topk=cfg.scorecam_topk, shift=train.cam_shift(run),
+                               scorecam_weights=cfg.scorecam_weights)
     cam.save_cams(run.path("cams"), rows[["study_id", "slice", "split", "label", "prob"]], maps)
     val = segment.load_gated(run.dir, ("val",))
     cams = {m: segment.load_cams(run.dir, m, val.rows) for m in cfg.cam_methods}

@@ -141,7 +141,8 @@ print("GradCAM from scratch == package == CAM with ReLU")
 # 0.46) cannot come from this architecture.
 
 # %%
-maps_panel = {m: cam.compute_cams(model, x, m).numpy() for m in (*cfg.cam_methods, *extra_methods)}
+maps_panel = {m: cam.compute_cams(model, x, m, scorecam_weights=cfg.scorecam_weights).numpy()
+              for m in (*cfg.cam_methods, *extra_methods)}
 peaks = cam.lesion_peaks(gt, {m: maps_panel[m] for m in cfg.cam_methods})
 peaks["slice"] = [labels[r].replace("\n", " ") for r in peaks["row"]]
 peaks.drop(columns="row").round(2)
@@ -184,8 +185,8 @@ print(f"g^2 ranges over [{(g**2).amin():.1e}, {(g**2).amax():.1e}]; "
 # the (scaled) input is multiplied by it, and the classifier scores the masked slice. A softmax over the
 # channels turns the $K$ scores into weights, $M = \max(\sum_k \alpha_k A_k, 0)$. The score is the **tumor
 # logit**: its channel softmax weights each channel by the odds $e^{y_k} = p_k/(1-p_k)$ that its region alone is
-# tumor. (Sigmoid probabilities would bound the weights within a factor $e$ and saturate at 1 for a confident
-# classifier.) The subtracted baseline of the paper is common to all channels and cancels in the softmax.
+# tumor. (A softmax of sigmoid probabilities would bound the weights within a factor $e$ and saturate at 1 for a
+# confident classifier.) The subtracted baseline of the paper is common to all channels and cancels in the softmax.
 # All-zero channels give an all-zero mask and a zero term, so the package skips them (exact).
 
 # %%
@@ -210,13 +211,37 @@ print(f"masked logits range [{y_k.min():.2f}, {y_k.max():.2f}]; the pitfall's we
 # third on three.
 
 # %%
-weights = {"softmax over channels of logits (ours)": alpha_sc.numpy(),
-           "softmax of sigmoid probabilities": torch.softmax(y_k.sigmoid(), 0).numpy(),
+weights = {"softmax over channels of logits (Eq. 6)": alpha_sc.numpy(),
+           "probabilities p_k, scaled to sum 1 (authors' code)": (y_k.sigmoid() / y_k.sigmoid().sum()).numpy(),
            "softmax over the single logit (pitfall)": (pitfall / len(pitfall)).numpy()}
 cplots.channel_weights_plot(weights);
 M_pitfall = torch.einsum("k,khw->hw", pitfall, a).relu()[None]
 cplots.cam_panel(x_np[:1, 0], x_np[:1, 1], gt[:1], {"scorecam": minmax(M_sc).numpy(),
                  "pitfall (uniform)": cam.normalize_maps(M_pitfall).numpy()}, labels[:1]);
+
+# %% [markdown]
+# ### Eq. 6's softmax or the probabilities?
+#
+# Eq. 6 turns the $K$ scores into weights with a softmax. The ScoreCAM authors' released code does not normalise:
+# it multiplies each channel by the class probability of its masked input, $\alpha_k = p_k = \sigma(y_k)$ (with
+# one logit the two-class softmax is the sigmoid), and sums. The softmax gives channel $k$ a share proportional to
+# the odds $e^{y_k}$, so when the masked logits spread over several units a few channels take nearly all of the
+# weight and the map is theirs; the probabilities give every channel whose region alone reads as tumor
+# ($p_k \approx 1$) about the same weight, and a channel whose region reads as background ($p_k \approx 0$) none.
+# `scorecam_weights` chooses between them. Both profiles keep Eq. 6: on this run's validation split the probabilities
+# raised ScoreCAM's median Dice from 0.56 to 0.63 (its tuned $t$ moved from 0.1 to 0.37), but on 78 held-out studies
+# the same choice changed nothing (paired median difference 0.000 on each of three classifier seeds) and lowered the
+# MTV agreement on two of them: twelve validation studies are few to tune $t$ on (docs/log.md, session 27).
+
+# %%
+alpha_p = y_k.sigmoid()                              # p_k of each masked slice, not normalised
+M_p = torch.einsum("k,khw->hw", alpha_p, a).relu()[None]
+assert torch.allclose(minmax(M_p), cam.compute_cams(model, x[i0:i0 + 1], "scorecam", scorecam_weights="probability"),
+                      atol=1e-4)
+print(f"largest share of the weight on one channel: softmax {alpha_sc.max():.2f}, probabilities "
+      f"{alpha_p.max() / alpha_p.sum():.2f}; channels with p_k > 0.5: {int((alpha_p > 0.5).sum())} of {len(alpha_p)}")
+cplots.cam_panel(x_np[:1, 0], x_np[:1, 1], gt[:1], {"softmax (Eq. 6)": minmax(M_sc).numpy(),
+                 "probabilities (authors' code)": minmax(M_p).numpy()}, labels[:1]);
 
 # %% [markdown]
 # ## 6. Beyond the paper: LayerCAM
@@ -293,7 +318,7 @@ pd.DataFrame({"as the network gives them": diagnostics.pointing_probe(store, "va
 # The package streams them from the slice store in batches and writes `cams/index.csv` plus one float16 array
 # per method, aligned with its rows, every map moved back by the classifier's displacement $d$ (section 8).
 # ScoreCAM is exact unless `scorecam_topk` > 0 (then the top-k channels
-# by variance). All four maps read the same activations $A$ of the last conv layer, so one forward pass per batch
+# by variance), its channels weighted as `scorecam_weights` says. All four maps read the same activations $A$ of the last conv layer, so one forward pass per batch
 # serves them all (`cam.compute_maps`): CAM weighs $A$ by $v$, GradCAM and GradCAM++ by its gradient (one backward
 # pass through the head only), and ScoreCAM's masked forwards reuse $A$ for their masks.
 
@@ -304,14 +329,16 @@ pd.DataFrame({"as the network gives them": diagnostics.pointing_probe(store, "va
 
 # %%
 if cfg.scorecam_topk:
-    approx = cam.compute_cams(model, x, "scorecam", topk=cfg.scorecam_topk).numpy()
+    approx = cam.compute_cams(model, x, "scorecam", topk=cfg.scorecam_topk,
+                              scorecam_weights=cfg.scorecam_weights).numpy()
     print(f"top-{cfg.scorecam_topk} of {A.shape[1]} channels vs exact ScoreCAM: max |Δ| "
           f"{np.abs(approx - maps_panel['scorecam']).max():.3f}, mean |Δ| {np.abs(approx - maps_panel['scorecam']).mean():.3f}")
 
 # %%
 start = time.perf_counter()
 maps_all = cam.cams_for_slices(model, store, rows["position"].to_numpy(), cfg.cam_methods,
-                               batch_size=cfg.cam_batch, device=run.device, topk=cfg.scorecam_topk, shift=shift)
+                               batch_size=cfg.cam_batch, device=run.device, topk=cfg.scorecam_topk, shift=shift,
+                               scorecam_weights=cfg.scorecam_weights)
 elapsed = time.perf_counter() - start
 cam.save_cams(run.path("cams"), rows[["study_id", "slice", "split", "label", "prob"]], maps_all)
 print(f"{len(rows)} slices x {len(maps_all)} methods in {elapsed:.1f} s "
@@ -362,7 +389,7 @@ if head_epochs:
     own_head = {"gap_fc": "GAP + FC (paper's text)", "gmp_fc": "GMP + FC (the demo)"}[cfg.cls_head]
     heads = diagnostics.compare_maps({own_head: model, "7x7 pool + FC stack (authors' code)": authors_model},
                                      torch.from_numpy(x_val), gt_val, cfg.cam_methods, batch=cfg.cam_batch,
-                                     topk=cfg.scorecam_topk)
+                                     topk=cfg.scorecam_topk, scorecam_weights=cfg.scorecam_weights)
     display(heads.round(3))
 
 # %% [markdown]
@@ -395,8 +422,9 @@ if head_epochs:
 # - CAM is Eq. 1; with one FC after a global pool GradCAM equals CAM with a ReLU and GradCAM++ has the closed form
 #   $w_k = \max(v_k, 0)/(2 + v_k\overline{A_k})$ (GAP; GMP: the sum $\sum A_k$ for the mean); under GAP LayerCAM
 #   equals CAM with $\max(v_k, 0)$.
-# - ScoreCAM scores each masked slice by its tumor logit and softmaxes over channels; the softmax over a single
-#   logit gives uniform weights.
+# - ScoreCAM scores each masked slice by its tumor logit and softmaxes over channels (Eq. 6; the ScoreCAM authors'
+#   code weights each channel by its masked slice's probability instead, `scorecam_weights`); the softmax over a
+#   single logit gives uniform weights.
 # - With the authors' head (7x7 pool + FC stack, `cls_head="authors"`) classic CAM is undefined and GradCAM is no
 #   longer ReLU(CAM); on the demo it points better than under GMP + FC on maps not moved back (0.266 against 0.031)
 #   at a higher cell AUC (0.941 against 0.761), slightly worse once moved back (0.76 against 0.82; section 10): far
@@ -457,7 +485,7 @@ with torch.no_grad():
 seconds, score_maps = {}, {}
 for k in (0, 4):                                       # 0: exact (every channel that is not all zero)
     start = time.perf_counter()
-    score_maps[k] = cam.compute_cams(model, x, "scorecam", topk=k)
+    score_maps[k] = cam.compute_cams(model, x, "scorecam", topk=k, scorecam_weights=cfg.scorecam_weights)
     seconds[k] = time.perf_counter() - start
 exact = torch.from_numpy(maps_panel["scorecam"])
 assert torch.allclose(score_maps[0], exact, atol=1e-4)

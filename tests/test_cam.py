@@ -128,8 +128,10 @@ def test_gradcampp_weights_hand_case() -> None:
     torch.testing.assert_close(cam.gradcampp_weights(acts, grads), expected)
 
 
-def scorecam_reference(model: nn.Module, x: torch.Tensor, skip_zero: bool, topk: int = 0) -> torch.Tensor:
-    """One slice, one channel at a time, with the definitions written out."""
+def scorecam_reference(model: nn.Module, x: torch.Tensor, skip_zero: bool, topk: int = 0,
+                       weights_from: str = "softmax") -> torch.Tensor:
+    """One slice, one channel at a time, with the definitions written out (softmax: Eq. 6; probability: the
+    ScoreCAM authors' code, each channel times the class probability of its masked input)."""
     maps = []
     with torch.no_grad():
         for xi in x:
@@ -145,7 +147,12 @@ def scorecam_reference(model: nn.Module, x: torch.Tensor, skip_zero: bool, topk:
                 span = up.max() - up.min()
                 mask = (up - up.min()) / span if span > 0 else torch.zeros_like(up)
                 scores.append(cam.logit_from_scaled(model, z * mask)[0])  # tumor logit
-            weights = torch.softmax(torch.stack(scores), 0) if scores else torch.zeros(0)
+            if not scores:
+                weights = torch.zeros(0)
+            elif weights_from == "softmax":
+                weights = torch.softmax(torch.stack(scores), 0)
+            else:
+                weights = 1 / (1 + torch.exp(-torch.stack(scores)))  # p = sigmoid(logit), the 2-class softmax
             maps.append((weights[:, None, None] * a[channels]).sum(0).relu() if channels else torch.zeros(a.shape[1:]))
     return normalize_maps(torch.stack(maps))
 
@@ -163,6 +170,32 @@ def test_scorecam_topk(model: nn.Module, x: torch.Tensor) -> None:
     top2 = compute_cams(model, x, "scorecam", topk=2)
     torch.testing.assert_close(top2, scorecam_reference(model, x, True, topk=2), atol=ATOL, rtol=0)
     assert (top2 - exact).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("skip_zero", [False, True])
+def test_scorecam_probability_weights_match_slow_reference(model: nn.Module, x: torch.Tensor, skip_zero: bool) -> None:
+    out = compute_cams(model, x, "scorecam", batch_size=7, scorecam_weights="probability")
+    torch.testing.assert_close(out, scorecam_reference(model, x, skip_zero, weights_from="probability"),
+                               atol=ATOL, rtol=0)
+    top2 = compute_cams(model, x, "scorecam", topk=2, scorecam_weights="probability")
+    torch.testing.assert_close(top2, scorecam_reference(model, x, True, topk=2, weights_from="probability"),
+                               atol=ATOL, rtol=0)
+    torch.manual_seed(0)
+    confident = TinyCAMNet()
+    with torch.no_grad():
+        confident.fc.weight.mul_(100)  # masked logits that differ by units, as for a trained classifier
+    softmax, probability = (compute_cams(confident, x, "scorecam", scorecam_weights=w) for w in cam.SCORECAM_WEIGHTS)
+    assert (probability - softmax).abs().max() > 0.1  # another map than Eq. 6's
+    shared = cam.compute_maps(model, x, ["cam", "scorecam"], batch_size=3, scorecam_weights="probability")
+    assert torch.equal(shared["scorecam"], compute_cams(model, x, "scorecam", batch_size=3,
+                                                        scorecam_weights="probability"))
+
+
+def test_scorecam_weights_refused_unless_known(model: nn.Module, x: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="scorecam_weights 'sigmoid'"):
+        compute_cams(model, x, "scorecam", scorecam_weights="sigmoid")
+    with pytest.raises(ValueError, match="scorecam_weights"):
+        cam.compute_maps(model, x, ["scorecam"], scorecam_weights="")
 
 
 def test_single_logit_softmax_pitfall(x: torch.Tensor) -> None:

@@ -60,6 +60,7 @@ def test_bad_manifest_is_refused_by_file_and_line(tmp_path: Path, capsys: pytest
     ("unet_crop=60", "config unet_crop=60: expected 0 (whole slices) or a positive multiple of 8"),
     ("unet_crop=-8", "config unet_crop=-8: expected 0 (whole slices) or a positive multiple of 8"),
     ("cls_z_sigma_mm=-1", "config cls_z_sigma_mm=-1.0: must be >= 0 (0: each slice scored on its own)"),
+    ("scorecam_weights=sigmoid", "config scorecam_weights='sigmoid' is not one of ('softmax', 'probability')"),
 ])
 def test_bad_setting_is_refused_by_key_before_anything_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                                  param: str, expected: str) -> None:

@@ -21,6 +21,8 @@ from .slices import index_positions
 
 METHODS = ("cam", "gradcam", "gradcampp", "scorecam", "layercam", "layercam_fused")
 GRADIENT_METHODS = ("gradcam", "gradcampp", "layercam", "layercam_fused")
+SCORECAM_WEIGHTS = ("softmax", "probability")
+"""ScoreCAM's channel weights from the masked inputs' scores: Eq. 6's softmax, or the probabilities (`_scorecam`)."""
 
 
 def normalize_maps(maps: Tensor) -> Tensor:
@@ -145,26 +147,29 @@ def _from_gradients(method: str, acts: Tensor, grads: Tensor) -> Tensor:
     return _combine(grads.relu(), acts)  # layercam: element-wise weights relu(g)
 
 
-def _scorecam(model: nn.Module, x: Tensor, layer: nn.Module, topk: int, batch_size: int) -> Tensor:
+def _scorecam(model: nn.Module, x: Tensor, layer: nn.Module, topk: int, batch_size: int,
+              weights: str = "softmax") -> Tensor:
     """ScoreCAM (Eq. 6) for one chunk: channel k scored by the tumor logit of the input masked by its normalised map.
 
-    Scores are logits, not sigmoid probabilities: the channel softmax of logits weights each channel by the odds
-    exp(logit) = p / (1 - p) that its region alone is tumor, whereas probabilities lie in [0, 1] (weights within a
-    factor e) and saturate at 1 for a confident classifier, which makes the weights uniform (the single-logit
-    softmax pitfall again). A softmax over the one logit itself would be 1 for every channel; the softmax is over
-    channels. The subtracted baseline score of Eq. 6 is common to all channels and cancels in the softmax.
+    weights "softmax" (Eq. 6 as printed): a softmax over channels of the logits, which weights each channel by the
+    odds exp(logit) = p / (1 - p) that its region alone is tumor. A softmax over the one logit itself would be 1 for
+    every channel (the single-logit pitfall); the softmax is over channels, and the subtracted baseline score of
+    Eq. 6, common to all channels, cancels in it. weights "probability" (the ScoreCAM authors' released code): each
+    channel weighted by the probability p = sigmoid(logit) of its masked input, unnormalised, so every channel whose
+    region alone reads as tumor counts about equally instead of the few with the largest logits.
     The scaled input is masked (as the original masks the network input). Channels whose map is all zero give an
-    all-zero mask and a zero term in the sum, so they are skipped: the channel softmax over the others differs by a
+    all-zero mask and a zero term in the sum, so they are skipped: under the softmax the others' weights differ by a
     positive per-slice factor only, which the min-max normalisation removes (exact). `topk` > 0 keeps only the
     `topk` channels of largest spatial variance (an approximation unless topk >= K).
     """
     z = scaled_input(model, x)
     with capture([layer]) as acts:
         logit_from_scaled(model, z)
-    return _scorecam_from(model, z, acts[0].float(), topk, batch_size)
+    return _scorecam_from(model, z, acts[0].float(), topk, batch_size, weights)
 
 
-def _scorecam_from(model: nn.Module, z: Tensor, a: Tensor, topk: int, batch_size: int) -> Tensor:
+def _scorecam_from(model: nn.Module, z: Tensor, a: Tensor, topk: int, batch_size: int,
+                   weights: str = "softmax") -> Tensor:
     """ScoreCAM of a scaled input z (B,2,S,S) whose target-layer activations are a (B,K,h,w); see `_scorecam`."""
     active = a.flatten(2).ne(0).any(-1)
     if topk > 0:
@@ -179,8 +184,9 @@ def _scorecam_from(model: nn.Module, z: Tensor, a: Tensor, topk: int, batch_size
         with autocast:
             logits = logit_from_scaled(model, (z[b] * masks.to(z.dtype)).contiguous(memory_format=torch.channels_last))
         scores[b, k] = logits.float()
-    weights = torch.softmax(scores, dim=1).nan_to_num(0.0)  # a slice without active channels: all -inf -> 0
-    return _combine(weights, a)
+    if weights == "softmax":
+        return _combine(torch.softmax(scores, dim=1).nan_to_num(0.0), a)  # no active channel: all -inf -> 0
+    return _combine(torch.sigmoid(scores), a)  # a skipped channel's -inf -> 0
 
 
 def has_global_pool_fc(model: nn.Module) -> bool:
@@ -209,17 +215,19 @@ def _cam_from(model: nn.Module, acts: Tensor) -> Tensor:
     return torch.einsum("k,bkhw->bhw", model.fc.weight[0].detach().float(), acts)
 
 
-def _check_batch(x: Tensor, topk: int, batch_size: int) -> None:
-    """ValueError unless x is a non-empty (B, 2, S, S) batch, batch_size >= 1 and topk >= 0."""
+def _check_batch(x: Tensor, topk: int, batch_size: int, scorecam_weights: str = "softmax") -> None:
+    """ValueError unless x is a non-empty (B, 2, S, S) batch, batch_size >= 1, topk >= 0 and the weights known."""
     if x.dim() != 4 or len(x) == 0:
         raise ValueError(f"x must be a non-empty batch (B, 2, S, S) of raw [SUV, HU] slices, got {tuple(x.shape)}")
     if batch_size < 1 or topk < 0:
         raise ValueError(f"batch_size must be >= 1 and topk >= 0, got batch_size={batch_size}, topk={topk}")
+    if scorecam_weights not in SCORECAM_WEIGHTS:
+        raise ValueError(f"unknown scorecam_weights {scorecam_weights!r}; choose one of {SCORECAM_WEIGHTS}")
 
 
 def compute_cams(model: nn.Module, x: Tensor, method: str, *,
                  target_layer: nn.Module | Sequence[nn.Module] | None = None, topk: int = 0,
-                 batch_size: int = 64) -> Tensor:
+                 batch_size: int = 64, scorecam_weights: str = "softmax") -> Tensor:
     """Maps (B,h,w) in [0,1] of raw inputs x (B,2,S,S) for the tumor logit, per-slice min-max normalised (notebook 03).
 
     method: "cam" (Eq. 1, as written: no ReLU; GAP + FC heads only), "gradcam" (Eqs. 2-3; with GAP + FC exactly
@@ -227,6 +235,7 @@ def compute_cams(model: nn.Module, x: Tensor, method: str, *,
     "gradcampp" (Eqs. 4-5), "scorecam" (Eq. 6; bf16 autocast on CUDA), "layercam", "layercam_fused" (LayerCAM at
     `block_ends(model)[-3:]`, tanh-scaled, upsampled to the finest of them, element-wise max; finer maps).
     target_layer: default `model.features` (A of the last conv); a list of layers for "layercam_fused".
+    scorecam_weights: "softmax" (Eq. 6) or "probability" (the ScoreCAM authors' code; see `_scorecam`).
     Runs on the model's device in chunks of `batch_size` (ScoreCAM: masked images per forward) and returns on
     x's device; the model's train/eval flags are restored and no hook survives the call. At the last layer every
     method but "layercam_fused" is `compute_maps` of that one method.
@@ -236,8 +245,9 @@ def compute_cams(model: nn.Module, x: Tensor, method: str, *,
     if method == "cam" and target_layer not in (None, model.features):
         raise ValueError("CAM (Eq. 1) is defined only at the last conv layer, whose GAP feeds the FC layer")
     if method in SHARED_METHODS and target_layer in (None, model.features):
-        return compute_maps(model, x, [method], topk=topk, batch_size=batch_size)[method]
-    _check_batch(x, topk, batch_size)
+        return compute_maps(model, x, [method], topk=topk, batch_size=batch_size,
+                            scorecam_weights=scorecam_weights)[method]
+    _check_batch(x, topk, batch_size, scorecam_weights)
     if method == "layercam_fused":
         layers = list(target_layer) if target_layer is not None else block_ends(model)[-3:]
     else:
@@ -251,7 +261,7 @@ def compute_cams(model: nn.Module, x: Tensor, method: str, *,
                 maps = _gradient_cams(model, xb, method, layers)
             else:
                 with torch.inference_mode():
-                    maps = _scorecam(model, xb, layers[0], topk, batch_size)
+                    maps = _scorecam(model, xb, layers[0], topk, batch_size, scorecam_weights)
             chunks.append(normalize_maps(maps).to(x.device))
     return torch.cat(chunks)
 
@@ -261,7 +271,7 @@ SHARED_METHODS = ("cam", "gradcam", "gradcampp", "layercam", "scorecam")
 
 
 def compute_maps(model: nn.Module, x: Tensor, methods: Sequence[str], *, topk: int = 0,
-                 batch_size: int = 64) -> dict[str, Tensor]:
+                 batch_size: int = 64, scorecam_weights: str = "softmax") -> dict[str, Tensor]:
     """{method: maps (B,h,w)} of several last-layer methods from one forward per chunk; equal to `compute_cams` each.
 
     The activations A of `model.features` come from a single forward, their gradient from one backward through
@@ -274,7 +284,7 @@ def compute_maps(model: nn.Module, x: Tensor, methods: Sequence[str], *, topk: i
                          f"(use compute_cams for it)")
     if "cam" in methods:
         _require_global_pool_fc(model)
-    _check_batch(x, topk, batch_size)
+    _check_batch(x, topk, batch_size, scorecam_weights)
     device = next(model.parameters()).device
     wants_grads = any(m in GRADIENT_METHODS for m in methods)
     chunks: dict[str, list[Tensor]] = {m: [] for m in methods}
@@ -292,7 +302,7 @@ def compute_maps(model: nn.Module, x: Tensor, methods: Sequence[str], *, topk: i
                     maps = _cam_from(model, a)
                 elif method == "scorecam":
                     with torch.inference_mode():
-                        maps = _scorecam_from(model, z.detach(), a, topk, batch_size)
+                        maps = _scorecam_from(model, z.detach(), a, topk, batch_size, scorecam_weights)
                 else:
                     maps = _from_gradients(method, a, grads)
                 chunks[method].append(normalize_maps(maps).to(x.device))
@@ -346,7 +356,7 @@ def shift_maps(maps: Tensor, shift: Sequence[float], size: int) -> Tensor:
 
 def cams_for_slices(model: nn.Module, store: Any, positions: Sequence[int] | np.ndarray, methods: Sequence[str],
                     batch_size: int = 64, device: torch.device | str = "cpu", topk: int = 0,
-                    shift: Sequence[float] = (0.0, 0.0)) -> dict[str, np.ndarray]:
+                    shift: Sequence[float] = (0.0, 0.0), scorecam_weights: str = "softmax") -> dict[str, np.ndarray]:
     """{method: float16 (n,h,w)} for store index rows `positions`, streamed from the SliceStore (notebook 03).
 
     The model is moved to `device`. An empty `positions` gives (0,h,w) arrays (shape probed on the first slice).
@@ -361,10 +371,10 @@ def cams_for_slices(model: nn.Module, store: Any, positions: Sequence[int] | np.
         chunk = positions[start:start + batch_size] if n else np.zeros(1, dtype=np.int64)
         x = torch.from_numpy(np.ascontiguousarray(store.read(chunk)[0])).to(device)
         shared = [m for m in methods if m in SHARED_METHODS]
-        together = compute_maps(model, x, shared, topk=topk, batch_size=batch_size) if shared else {}
+        options = {"topk": topk, "batch_size": batch_size, "scorecam_weights": scorecam_weights}
+        together = compute_maps(model, x, shared, **options) if shared else {}
         for method in methods:
-            maps = together[method] if method in together else compute_cams(model, x, method, topk=topk,
-                                                                             batch_size=batch_size)
+            maps = together[method] if method in together else compute_cams(model, x, method, **options)
             if any(shift):
                 maps = normalize_maps(shift_maps(maps, shift, x.shape[-1]))
             maps = maps.cpu().numpy()

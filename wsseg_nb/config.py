@@ -75,6 +75,9 @@ class Config:
     # --- CAM and Algorithm 1 (Sec. 2.2.1) ---
     cam_methods: tuple[str, ...] = _p(("cam", "gradcam", "gradcampp", "scorecam"), "Sec. 2.2.1: the four methods")
     scorecam_topk: int = _p(0, "ScoreCAM channels kept by variance; 0 = all (exact, as the paper)")
+    scorecam_weights: str = _p("softmax", "Sec. 2.2.1: ScoreCAM's channel weights a softmax over channels of the "
+                                          "masked inputs' scores (Eq. 6); 'probability': each channel weighted by its "
+                                          "masked input's tumor probability, unnormalised (the ScoreCAM authors' code)")
     cam_batch: int = _p(64, "slices per CAM batch")
     t_grid: tuple[float, ...] = _p(tuple(float(v) for v in np.linspace(0.1, 0.9, 10).round(6)), "Sec. 2.2.1: t_m in linspace(0.1, 0.9, 10)")
     q_grid: tuple[float, ...] = _p(tuple(float(v) for v in np.linspace(20, 50, 20).round(6)), "Sec. 2.2.1: q_m in linspace(20, 50, 20)")
@@ -488,6 +491,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "cls_sampling": SAMPLINGS,
     "cls_negative_levels": ("any", "matched"),
     "cam_align": ("none", "flip"),
+    "scorecam_weights": ("softmax", "probability"),
     "gate": ("fixed", "tuned"),
     "cls_schedule": ("constant", "cosine"),
     "unet_schedule": ("constant", "cosine"),

@@ -240,18 +240,21 @@ def map_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def compare_maps(models: dict[str, nn.Module], x: torch.Tensor, masks: np.ndarray, methods: Sequence[str],
-                 reference: str = "gradcam", batch: int = 64, topk: int = 0) -> pd.DataFrame:
+                 reference: str = "gradcam", batch: int = 64, topk: int = 0,
+                 scorecam_weights: str = "softmax") -> pd.DataFrame:
     """Per classifier and method on tumor slices x: pointing, pointing_visible, cell AUC and the mean per-slice
     correlation with the `reference` map of the same classifier; methods a head cannot compute are left out.
 
-    topk > 0: ScoreCAM of the top-k channels by variance, as `scorecam_topk` (notebook 03)."""
+    topk > 0: ScoreCAM of the top-k channels by variance, as `scorecam_topk`; scorecam_weights as the config's
+    (notebook 03)."""
     from .cam import compute_cams, has_global_pool_fc
 
     suvmax = lesion_suvmax(np.asarray(x[:, 0]), masks)
     rows = []
     for name, model in models.items():
         methods_here = [m for m in dict.fromkeys([reference, *methods]) if m != "cam" or has_global_pool_fc(model)]
-        maps = {m: compute_cams(model, x, m, batch_size=batch, topk=topk).numpy() for m in methods_here}
+        maps = {m: compute_cams(model, x, m, batch_size=batch, topk=topk, scorecam_weights=scorecam_weights).numpy()
+                for m in methods_here}
         for method in methods:
             if method in maps:
                 r = map_correlation(maps[method], maps[reference])

@@ -239,7 +239,8 @@ def store_mask(run: Any, prepared: Prepared, method: str, params: dict[str, Any]
         return mask, {**record, "slices_called": int(len(called)), "slices": int(len(prepared.x))}
     if len(called):
         maps = cam.cams_for_slices(classifier, prepared, called, [method], batch_size=c.cam_batch, device=run.device,
-                                   topk=c.scorecam_topk, shift=train.cam_shift(run))[method]  # float16, as nb 03
+                                   topk=c.scorecam_topk, shift=train.cam_shift(run),
+                                   scorecam_weights=c.scorecam_weights)[method]  # float16, as nb 03
         mask[called] = algorithm1(maps.astype(np.float32), prepared.x[called, 0], params["t"], params["q"],
                                   floor=params["floor"])
     return mask, {**params, "slices_called": int(len(called)), "slices": int(len(prepared.x))}

@@ -69,7 +69,7 @@ def write_pseudo_labels(run: Run, model: Any) -> pd.DataFrame:
     inter, pred, unsure, unsure_lesion = (np.zeros(len(positions), np.int64) for _ in range(4))
     unsure_cut = c.cam_unet_unsure_suv or np.inf  # 0: no voxel is unsure
     maps = cams_for_slices(model, store, positions[called], [c.cam_unet_method], c.cam_batch, run.device,
-                           c.scorecam_topk, cam_shift(run))[c.cam_unet_method]
+                           c.scorecam_topk, cam_shift(run), c.scorecam_weights)[c.cam_unet_method]
     for start in progress(range(0, len(called), CHUNK), desc="pseudo-labels", unit="chunk"):
         items = called[start:start + CHUNK]
         x, truth = store.read(positions[items])
