@@ -367,11 +367,11 @@ def cams_for_slices(model: nn.Module, store: Any, positions: Sequence[int] | np.
     n = len(positions)
     out: dict[str, np.ndarray] = {}
     starts = range(0, n, batch_size) if n else [None]
+    options = {"topk": topk, "batch_size": batch_size, "scorecam_weights": scorecam_weights}
+    shared = [m for m in methods if m in SHARED_METHODS]
     for start in progress(starts, desc="CAMs", unit="batch", disable=not n):
         chunk = positions[start:start + batch_size] if n else np.zeros(1, dtype=np.int64)
         x = torch.from_numpy(np.ascontiguousarray(store.read(chunk)[0])).to(device)
-        shared = [m for m in methods if m in SHARED_METHODS]
-        options = {"topk": topk, "batch_size": batch_size, "scorecam_weights": scorecam_weights}
         together = compute_maps(model, x, shared, **options) if shared else {}
         for method in methods:
             maps = together[method] if method in together else compute_cams(model, x, method, **options)
